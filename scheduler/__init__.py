@@ -1,0 +1,1 @@
+"""Periodic tasks declared in settings.PERIODIC_TASKS, enqueued once per slot."""

@@ -1,0 +1,3 @@
+"""Django system checks for settings.PERIODIC_TASKS."""
+
+from __future__ import annotations

@@ -1,0 +1,10 @@
+"""task-supervisor: pools, timeouts, lost-task recovery and a cron scheduler for Django's
+database task workers."""
+
+from __future__ import annotations
+
+from task_supervisor.exceptions import TaskTimeout, WorkerLost
+
+__version__ = "0.1.0"
+
+__all__ = ["TaskTimeout", "WorkerLost", "__version__"]

@@ -1,0 +1,387 @@
+"""The supervisor's main loop: one thread, one selector, a list of verbs.
+
+    wait_for_events -> handle_signals -> reap_children -> enforce_deadlines -> manage_pools
+
+Signal handlers only queue the signal; children report over pipes; nothing here blocks for long.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import os
+import random
+import selectors
+import signal
+import time
+from collections.abc import Callable
+
+from task_supervisor import exitcodes, signals
+from task_supervisor.child import Child, ExitReason, describe_status
+from task_supervisor.config import Config, ConfigError, PoolConfig, load_config
+from task_supervisor.pool import Pool, Slot, recycle_after
+from task_supervisor.spawn import Spawner
+from task_supervisor.worker import ChildSpec
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT = 1.0  # seconds the loop sleeps at most, even with nothing scheduled
+FORCE_STOP_GRACE = 5.0  # seconds to reap SIGKILLed children on a forced stop
+ROLL_TIMEOUT_FACTOR = 1.0  # old children of a rolled pool stop at the latest after graceful_timeout
+
+
+class Phase(enum.Enum):
+    RUNNING = "running"
+    DRAINING = "draining"  # TERM/INT: running tasks finish, nothing new starts
+    STOPPING = "stopping"  # second TERM/INT or QUIT: children are killed now
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.pid = os.getpid()
+        self.phase = Phase.RUNNING
+        self.exit_code = exitcodes.EX_OK
+        self.exit_reason = ""
+        self.pools: dict[str, Pool] = {name: Pool(pc) for name, pc in config.pools.items()}
+        self.children: dict[int, Child] = {}  # every live child, by pid
+        self.slot_of: dict[int, tuple[Pool, Slot]] = {}  # pid -> the slot the child fills
+        self.successor: dict[int, tuple[Pool, float]] = {}  # pid of a rolled child -> new pool, deadline
+        self.generations: dict[tuple[str, int], int] = {}
+        self.signals = signals.SignalQueue()
+        self.selector = selectors.DefaultSelector()
+        self.spawner = Spawner(self.close_in_child)
+        self.stop_deadline: float | None = None
+        self.started_at = clock()
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.signals.install()
+        self.selector.register(self.signals.wake_r, selectors.EVENT_READ, None)
+        log.info(
+            "Supervisor started pid=%s node=%s pools=%s",
+            self.pid,
+            self.config.supervisor.node,
+            ", ".join(f"{p.name}x{p.config.processes}" for p in self.pools.values()),
+            extra={"event": "supervisor_started"},
+        )
+        try:
+            while not self.finished():
+                self.wait_for_events(self.next_timeout())
+                self.handle_signals()
+                self.reap_children()
+                now = self.clock()
+                self.enforce_deadlines(now)
+                if self.phase is Phase.RUNNING:
+                    self.manage_pools(now)
+                    self.check_hopeless()
+        finally:
+            self.halt()
+        log.info("Supervisor stopped: %s", self.exit_reason or "clean exit", extra={"event": "supervisor_stopped"})
+        return self.exit_code
+
+    def finished(self) -> bool:
+        return self.phase is not Phase.RUNNING and not self.children
+
+    def halt(self) -> None:
+        """Leave nothing behind, whatever happened: kill and reap every child."""
+        for child in list(self.children.values()):
+            child.kill()
+        deadline = self.clock() + FORCE_STOP_GRACE
+        while self.children and self.clock() < deadline:
+            if not self.reap_children():
+                time.sleep(0.01)
+        self.signals.uninstall()
+        self.selector.close()
+        self.signals.close()
+
+    def close_in_child(self) -> None:
+        """In a freshly forked child: drop the supervisor's descriptors."""
+        for child in self.children.values():
+            _close(child.reader.fd)
+        for fd in self.signals.fds():
+            _close(fd)
+        try:
+            self.selector.close()
+        except OSError:
+            pass
+
+    # -- events ----------------------------------------------------------------------------
+
+    def next_timeout(self) -> float:
+        now = self.clock()
+        moments = [now + MAX_WAIT]
+        moments += [c.kill_at for c in self.children.values() if c.kill_at is not None]
+        moments += [deadline for _, deadline in self.successor.values()]
+        if self.stop_deadline is not None:
+            moments.append(self.stop_deadline)
+        if self.phase is Phase.RUNNING:
+            moments += [t for p in self.pools.values() if (t := p.next_start()) is not None]
+        return max(0.0, min(moments) - now)
+
+    def wait_for_events(self, timeout: float) -> None:
+        for key, _ in self.selector.select(timeout):
+            if key.data is None:
+                self.signals.drain_wakeups()
+            else:
+                self.read_reports(key.data)
+
+    def read_reports(self, child: Child) -> None:
+        """Read what a child said; at EOF stop watching its pipe."""
+        while True:
+            try:
+                data = os.read(child.reader.fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno != errno.EBADF:
+                    log.warning("Reading the pipe of pid=%s failed: %s", child.pid, exc)
+                data = b""
+            if not data:
+                self.unwatch(child)
+                return
+            now, wall = self.clock(), time.time()
+            for message in child.reader.feed(data):
+                self.on_message(child, message, now, wall)
+
+    def on_message(self, child: Child, message: dict, now: float, wall: float) -> None:
+        before = child.task
+        child.handle_message(message, now, wall)
+        extra = child.log_extra
+        if child.ready_at == now and message.get("event") == "ready":
+            pool_slot = self.slot_of.get(child.pid)
+            if pool_slot:
+                pool_slot[0].ever_up = True
+            log.debug("Child %s ready", child.spec.worker_id, extra={**extra, "event": "child_ready"})
+        if child.task is not None and child.task is not before:
+            log.debug("Child pid=%s started task %s", child.pid, child.task.task_id,
+                      extra={**extra, "event": "task_started", "task_id": child.task.task_id})
+
+    def unwatch(self, child: Child) -> None:
+        try:
+            self.selector.unregister(child.reader.fd)
+        except (KeyError, ValueError):
+            pass
+        _close(child.reader.fd)
+
+    def handle_signals(self) -> None:
+        for signum in self.signals.pop_all():
+            if signum == signal.SIGCHLD:
+                continue  # reap_children runs on every turn
+            if signum == signal.SIGHUP:
+                self.reload()
+            elif signum == signal.SIGQUIT or self.phase is not Phase.RUNNING:
+                self.stop_now(signum)
+            else:
+                self.drain(signum)
+
+    def reap_children(self) -> bool:
+        """Collect every exited child, ours or an orphan (as PID 1 we inherit them)."""
+        reaped = False
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return reaped
+            if pid == 0:
+                return reaped
+            reaped = True
+            child = self.children.pop(pid, None)
+            if child is None:
+                log.debug("Reaped orphan pid=%s (%s)", pid, describe_status(status), extra={"event": "orphan_reaped"})
+                continue
+            self.read_reports(child)  # what it said before dying (boot errors, last task)
+            self.unwatch(child)
+            self.child_exited(child, status)
+
+    # -- children --------------------------------------------------------------------------
+
+    def child_exited(self, child: Child, status: int) -> None:
+        now = self.clock()
+        reason = child.exited(status)
+        extra = {**child.log_extra, "event": f"child_{reason.value}", "reason": reason.value}
+        how = describe_status(status)
+        if reason is ExitReason.STOPPED:
+            log.info("Child %s %s after stop", child.spec.worker_id, how, extra=extra)
+        elif reason is ExitReason.RECYCLED:
+            log.info("Child %s recycled after %d tasks", child.spec.worker_id, child.tasks_done, extra=extra)
+        elif reason is ExitReason.BOOT_FAILED:
+            log.error("Child %s failed to boot (%s): %s", child.spec.worker_id, how,
+                      child.boot_error or "no reason given", extra=extra)
+        elif status and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            log.error("Child %s %s", child.spec.worker_id, how, extra=extra)
+        else:
+            log.warning("Child %s %s", child.spec.worker_id, how, extra=extra)
+        if child.task is not None:
+            self.task_lost(child, how)
+        self.successor.pop(child.pid, None)
+        pool_slot = self.slot_of.pop(child.pid, None)
+        if pool_slot is not None and pool_slot[1].child is child:
+            pool, slot = pool_slot
+            pool.child_exited(slot, child, reason, now, self.rng)
+
+    def task_lost(self, child: Child, how: str) -> None:
+        """A child died while running a task."""
+        task = child.task
+        assert task is not None
+        log.error("Task %s (%s) was running in child pid=%s, which %s", task.task_id, task.path,
+                  child.pid, how, extra={**child.log_extra, "event": "task_lost", "task_id": task.task_id})
+
+    def spawn(self, pool: Pool, slot: Slot, now: float) -> None:
+        key = (pool.name, slot.index)
+        generation = self.generations.get(key, 0) + 1
+        self.generations[key] = generation
+        spec = self.child_spec(pool.config, slot.index, generation)
+        try:
+            pid, fd = self.spawner.spawn(spec, pool.config.start)
+        except OSError as exc:
+            log.error("Cannot start a child for %s[%d]: %s", pool.name, slot.index, exc,
+                      extra={"event": "spawn_failed", "pool": pool.name, "slot": slot.index})
+            slot.failures += 1
+            slot.start_after = now + 1.0
+            return
+        child = Child(spec, pid, fd, now)
+        self.children[pid] = child
+        self.slot_of[pid] = (pool, slot)
+        slot.child = child
+        self.selector.register(fd, selectors.EVENT_READ, child)
+        log.info("Started child %s pid=%s", spec.worker_id, pid, extra={**child.log_extra, "event": "child_started"})
+
+    def child_spec(self, pool: PoolConfig, slot: int, generation: int) -> ChildSpec:
+        return ChildSpec(
+            pool=pool.name,
+            slot=slot,
+            generation=generation,
+            worker_id=f"{self.config.supervisor.node}:{pool.name}:{slot}:{generation}",
+            queues=pool.queues,
+            backend=pool.backend,
+            interval=pool.interval,
+            max_tasks=recycle_after(pool.max_tasks, self.rng),
+            parent_pid=self.pid,
+            settings=self.config.django.settings,
+            pythonpath=tuple(self.config.pythonpath_dirs()),
+        )
+
+    def manage_pools(self, now: float) -> None:
+        for pool in self.pools.values():
+            for slot in pool.due(now):
+                self.spawn(pool, slot, now)
+        for pid, (pool, deadline) in list(self.successor.items()):
+            child = self.children.get(pid)
+            if child is None:
+                self.successor.pop(pid, None)
+            elif pool.at_strength() or now >= deadline:
+                self.successor.pop(pid, None)
+                child.request_stop(now, self.config.supervisor.graceful_timeout)
+
+    def enforce_deadlines(self, now: float) -> None:
+        for child in list(self.children.values()):
+            if child.kill_at is not None and now >= child.kill_at and not child.killed:
+                log.warning("Child %s did not stop within its grace period; killing it",
+                            child.spec.worker_id, extra={**child.log_extra, "event": "child_killed"})
+                child.kill()
+        if self.stop_deadline is not None and now >= self.stop_deadline and self.children:
+            for child in self.children.values():
+                if not child.killed:
+                    child.kill()
+
+    def check_hopeless(self) -> None:
+        """Exit when no pool can keep a child up: the fault is not in any one child."""
+        if self.pools and all(pool.hopeless() for pool in self.pools.values()):
+            reason = next((p.last_error() for p in self.pools.values() if p.last_error()), "")
+            self.exit_code = exitcodes.EX_NO_WORKERS
+            self.exit_reason = f"no pool could start a worker: {reason or 'every child exited at boot'}"
+            log.critical("Giving up: %s", self.exit_reason, extra={"event": "supervisor_gave_up"})
+            self.phase = Phase.STOPPING
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def drain(self, signum: int) -> None:
+        grace = self.config.supervisor.graceful_timeout
+        log.info("Received %s: draining (running tasks finish; killed after %.0fs)", signals.name(signum), grace,
+                 extra={"event": "drain_started"})
+        self.phase = Phase.DRAINING
+        self.exit_reason = f"drained after {signals.name(signum)}"
+        now = self.clock()
+        for child in self.children.values():
+            child.request_stop(now, grace)
+
+    def stop_now(self, signum: int) -> None:
+        log.warning("Received %s: stopping now, running tasks are killed", signals.name(signum),
+                    extra={"event": "forced_stop"})
+        self.phase = Phase.STOPPING
+        self.exit_code = exitcodes.EX_FORCED
+        self.exit_reason = f"stopped at once by {signals.name(signum)}"
+        for child in self.children.values():
+            child.kill()
+        self.stop_deadline = self.clock() + FORCE_STOP_GRACE
+
+    def reload(self) -> None:
+        """SIGHUP: re-read config.toml and reconcile; a bad config keeps the running one."""
+        if self.phase is not Phase.RUNNING:
+            return
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("Reload refused, keeping the running config: %s", problem, extra={"event": "reload_failed"})
+            return
+        if new.django != self.config.django or new.supervisor.node != self.config.supervisor.node:
+            log.warning("[django] and supervisor.node changes need a restart; applying the rest",
+                        extra={"event": "reload_partial"})
+        now = self.clock()
+        old_pools, self.config = self.pools, new
+        self.pools = {}
+        for name, pool_config in new.pools.items():
+            old = old_pools.pop(name, None)
+            if old is None:
+                self.pools[name] = Pool(pool_config)
+                log.info("Pool %s added", name, extra={"event": "pool_added", "pool": name})
+            elif old.config == pool_config:
+                self.pools[name] = old
+            elif _same_but_size(old.config, pool_config):
+                self.pools[name] = old
+                old.config = pool_config
+                for child in old.resize(pool_config.processes):
+                    self.detach(child)
+                    child.request_stop(now, new.supervisor.graceful_timeout)
+                log.info("Pool %s resized to %d", name, pool_config.processes, extra={"event": "pool_resized", "pool": name})
+            else:
+                self.pools[name] = Pool(pool_config)
+                for child in old.children():
+                    self.detach(child)
+                    self.successor[child.pid] = (self.pools[name], now + new.supervisor.graceful_timeout)
+                log.info("Pool %s changed: rolling its children", name, extra={"event": "pool_rolled", "pool": name})
+        for name, old in old_pools.items():
+            for child in old.children():
+                self.detach(child)
+                child.request_stop(now, new.supervisor.graceful_timeout)
+            log.info("Pool %s removed", name, extra={"event": "pool_removed", "pool": name})
+        log.info("Reloaded %s", new.path, extra={"event": "reloaded"})
+
+    def detach(self, child: Child) -> None:
+        """The child no longer fills a slot; when it exits nothing replaces it."""
+        self.slot_of.pop(child.pid, None)
+
+
+def _same_but_size(old: PoolConfig, new: PoolConfig) -> bool:
+    from dataclasses import replace
+
+    return replace(old, processes=new.processes) == new
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass

@@ -1,0 +1,105 @@
+"""Setting Django up from config.toml and checking, before any child starts, what would stop them."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from task_supervisor import compat, exitcodes
+from task_supervisor.config import Config
+
+# Bound connection attempts (psycopg reads it) so an unreachable database is an error, not a hang.
+DEFAULT_CONNECT_TIMEOUT = "10"  # seconds
+
+
+class StartupError(Exception):
+    """Something the user must fix before the supervisor can run; carries a named exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def setup_django(config: Config) -> None:
+    for folder in reversed(config.pythonpath_dirs()):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    os.environ["DJANGO_SETTINGS_MODULE"] = config.django.settings
+    os.environ.setdefault("PGCONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT)
+    try:
+        importlib.import_module(config.django.settings)
+    except ImportError as exc:
+        raise StartupError(
+            exitcodes.EX_SETTINGS,
+            f"django.settings {config.django.settings!r} does not import ({exc}); "
+            "check [django] settings and pythonpath in the config.",
+        ) from None
+    except Exception as exc:
+        raise StartupError(
+            exitcodes.EX_SETTINGS,
+            f"django.settings {config.django.settings!r} raised {type(exc).__name__}: {exc}.",
+        ) from None
+    import django
+
+    try:
+        django.setup()
+    except Exception as exc:
+        raise StartupError(
+            exitcodes.EX_SETTINGS, f"Django could not start with {config.django.settings}: {type(exc).__name__}: {exc}."
+        ) from None
+
+
+def resolve_backends(config: Config) -> dict[str, compat.TaskBackend]:
+    """Each pool's database backend; StartupError naming the pool if one cannot be used."""
+    backends: dict[str, compat.TaskBackend] = {}
+    problems = []
+    for name, pool in config.pools.items():
+        try:
+            backends[name] = compat.resolve(pool.backend)
+        except compat.BackendError as exc:
+            problems.append(f"pools.{name}.backend {pool.backend!r}: {exc}")
+    if problems:
+        raise StartupError(exitcodes.EX_SETTINGS, "\n".join(problems))
+    return backends
+
+
+def check_database(backends: dict[str, compat.TaskBackend]) -> None:
+    """Every database a pool uses answers and has the task results table."""
+    from django.db import DatabaseError, connections
+
+    seen: set[tuple[str, str]] = set()
+    for backend in backends.values():
+        key = (backend.db_alias, backend.model._meta.db_table)
+        if key in seen:
+            continue
+        seen.add(key)
+        connection = connections[backend.db_alias]
+        try:
+            connection.ensure_connection()
+            tables = connection.introspection.table_names()
+        except DatabaseError as exc:
+            raise StartupError(
+                exitcodes.EX_DATABASE,
+                f"Database {backend.db_alias!r} ({describe_database(backend.db_alias)}) is unreachable: "
+                f"{' '.join(str(exc).split())}; start it or fix DATABASES in your settings.",
+            ) from None
+        finally:
+            connection.close()
+        if backend.model._meta.db_table not in tables:
+            raise StartupError(
+                exitcodes.EX_DATABASE,
+                f"Database {backend.db_alias!r} has no table {backend.model._meta.db_table}; "
+                "run `manage.py migrate` first.",
+            )
+
+
+def describe_database(alias: str) -> str:
+    """Engine, host and name of a database, never its password."""
+    from django.db import connections
+
+    settings = connections.settings[alias]
+    engine = settings.get("ENGINE", "").rsplit(".", 1)[-1]
+    host = settings.get("HOST") or "local"
+    port = f":{settings['PORT']}" if settings.get("PORT") else ""
+    return f"{engine} {settings.get('NAME')} at {host}{port}" if engine != "sqlite3" else f"sqlite3 {settings.get('NAME')}"

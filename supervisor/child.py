@@ -1,0 +1,153 @@
+"""One worker child as the supervisor sees it: its state, its current task, how it ended."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from task_supervisor import protocol
+from task_supervisor.worker import CHILD_EXIT_BOOT_FAILED, ChildSpec
+
+log = logging.getLogger(__name__)
+
+
+class ChildState(enum.Enum):
+    STARTING = "starting"  # forked; has not reported ready yet
+    IDLE = "idle"  # db_worker polling for tasks
+    BUSY = "busy"  # running a task
+    STOPPING = "stopping"  # asked to stop: finishes its task, then exits
+    EXITED = "exited"  # reaped
+
+
+# The only transitions change_state() allows.
+TRANSITIONS: dict[ChildState, frozenset[ChildState]] = {
+    ChildState.STARTING: frozenset({ChildState.IDLE, ChildState.STOPPING, ChildState.EXITED}),
+    ChildState.IDLE: frozenset({ChildState.BUSY, ChildState.STOPPING, ChildState.EXITED}),
+    ChildState.BUSY: frozenset({ChildState.IDLE, ChildState.STOPPING, ChildState.EXITED}),
+    ChildState.STOPPING: frozenset({ChildState.EXITED}),
+    ChildState.EXITED: frozenset(),
+}
+
+
+class ExitReason(enum.Enum):
+    STOPPED = "stopped"  # we asked it to stop
+    RECYCLED = "recycled"  # exited 0 on its own: db_worker reached --max-tasks
+    BOOT_FAILED = "boot_failed"  # never became ready
+    CRASHED = "crashed"  # non-zero exit or killed by a signal
+
+
+@dataclass(frozen=True, slots=True)
+class RunningTask:
+    task_id: str
+    path: str
+    since: float  # monotonic seconds
+    since_wall: float  # time.time() when it started, for status output
+
+
+def describe_status(status: int) -> str:
+    """'exited with code 3', 'killed by SIGSEGV (segmentation fault)' ..."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        name = signal.Signals(signum).name if signum in signal.Signals else str(signum)
+        text = f"killed by {name}"
+        if signum == signal.SIGKILL:
+            text += " (perhaps out of memory?)"
+        elif signum == signal.SIGSEGV:
+            text += " (segmentation fault)"
+        return text
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+class Child:
+    """A worker process of a pool slot. ``change_state`` is the only place its state changes."""
+
+    def __init__(self, spec: ChildSpec, pid: int, report_fd: int, now: float) -> None:
+        self.spec = spec
+        self.pid = pid
+        self.reader = protocol.Reader(report_fd)
+        self.state = ChildState.STARTING
+        self.started_at = now
+        self.ready_at: float | None = None
+        self.task: RunningTask | None = None
+        self.tasks_done = 0
+        self.stop_requested_at: float | None = None
+        self.kill_at: float | None = None  # monotonic deadline after which it is SIGKILLed
+        self.killed = False
+        self.boot_error: str | None = None
+        self.status: int | None = None  # wait status once reaped
+
+    def __repr__(self) -> str:
+        return f"<Child {self.spec.worker_id} pid={self.pid} {self.state.value}>"
+
+    @property
+    def log_extra(self) -> dict[str, Any]:
+        return {"pool": self.spec.pool, "slot": self.spec.slot, "pid": self.pid}
+
+    def change_state(self, new: ChildState) -> None:
+        if new is self.state:
+            return
+        if new not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"{self!r}: {self.state.value} -> {new.value} is not allowed")
+        self.state = new
+
+    @property
+    def alive(self) -> bool:
+        return self.state is not ChildState.EXITED
+
+    @property
+    def up(self) -> bool:
+        """Booted and serving (not starting, stopping or gone)."""
+        return self.state in (ChildState.IDLE, ChildState.BUSY)
+
+    def handle_message(self, message: dict[str, Any], now: float, wall: float) -> None:
+        event = message.get("event")
+        if event == protocol.READY:
+            self.ready_at = now
+            if self.state is ChildState.STARTING:  # STARTING -> IDLE: booted
+                self.change_state(ChildState.IDLE)
+        elif event == protocol.BOOT_FAILED:
+            self.boot_error = str(message.get("reason", ""))
+        elif event == protocol.TASK_STARTED:
+            self.task = RunningTask(str(message.get("task_id")), str(message.get("path")), now, wall)
+            if self.state is ChildState.IDLE:  # IDLE -> BUSY
+                self.change_state(ChildState.BUSY)
+        elif event == protocol.TASK_FINISHED:
+            self.task = None
+            self.tasks_done += 1
+            if self.state is ChildState.BUSY:  # BUSY -> IDLE
+                self.change_state(ChildState.IDLE)
+
+    def request_stop(self, now: float, grace: float) -> None:
+        """Ask for a drain: db_worker finishes its task and exits; SIGKILL after ``grace``."""
+        if self.state in (ChildState.STOPPING, ChildState.EXITED):
+            return
+        self.change_state(ChildState.STOPPING)  # any live state -> STOPPING
+        self.stop_requested_at = now
+        self.kill_at = now + grace
+        self.signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.killed = True
+        self.signal(signal.SIGKILL)
+
+    def signal(self, signum: int) -> None:
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass  # already exited; the reaper will see it
+
+    def exited(self, status: int) -> ExitReason:
+        """Record the wait status (any state -> EXITED) and classify the exit."""
+        self.status = status
+        was_stopping = self.stop_requested_at is not None
+        self.change_state(ChildState.EXITED)
+        code = os.waitstatus_to_exitcode(status)
+        if was_stopping:
+            return ExitReason.STOPPED
+        if self.ready_at is None or code == CHILD_EXIT_BOOT_FAILED:
+            return ExitReason.BOOT_FAILED
+        return ExitReason.RECYCLED if code == 0 else ExitReason.CRASHED

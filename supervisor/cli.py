@@ -1,0 +1,113 @@
+"""The ``task-supervisor`` command: run, check, --version."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from task_supervisor import __version__, bootstrap, exitcodes
+from task_supervisor.config import Config, ConfigError, load_config
+
+log = logging.getLogger("task_supervisor")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="task-supervisor",
+        description="Supervise pools of Django db_worker processes and the periodic task scheduler.",
+    )
+    parser.add_argument("--version", action="version", version=f"task-supervisor {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in (
+        ("run", "run every pool (and the scheduler) in the foreground"),
+        ("check", "validate config.toml, Django settings, backends and the database; start nothing"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("-c", "--config", required=True, metavar="FILE", help="path of config.toml")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"run": cmd_run, "check": cmd_check}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return exitcodes.EX_FORCED
+
+
+def _fail(code: int, message: str) -> int:
+    for line in message.splitlines():
+        print(f"task-supervisor: {line}", file=sys.stderr)
+    return code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(exitcodes.EX_CONFIG, str(exc))
+    try:
+        bootstrap.setup_django(config)
+        setup_logging()
+        backends = bootstrap.resolve_backends(config)
+        bootstrap.check_database(backends)
+    except bootstrap.StartupError as exc:
+        return _fail(exc.code, str(exc))
+    from task_supervisor.arbiter import Supervisor
+
+    return Supervisor(config).run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(exitcodes.EX_CHECK_FAILED, str(exc))
+    problems = check_problems(config)
+    if problems:
+        return _fail(exitcodes.EX_CHECK_FAILED, "\n".join(problems))
+    pools = ", ".join(f"{p.name} ({p.processes} x {', '.join(p.queues)})" for p in config.pools.values())
+    print(f"{config.path}: OK. Pools: {pools}.")
+    return exitcodes.EX_OK
+
+
+def check_problems(config: Config) -> list[str]:
+    """Every problem found short of starting a child."""
+    try:
+        bootstrap.setup_django(config)
+    except bootstrap.StartupError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    try:
+        backends = bootstrap.resolve_backends(config)
+        bootstrap.check_database(backends)
+    except bootstrap.StartupError as exc:
+        problems += str(exc).splitlines()
+    return problems
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s [task-supervisor] %(message)s")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Our own handler on stderr; called after django.setup(), whose LOGGING may disable loggers."""
+    root = logging.getLogger("task_supervisor")
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("task_supervisor") and isinstance(logger, logging.Logger):
+            logger.disabled = False
+    root.disabled = False
+    root.handlers[:] = []
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""config.toml, loaded once into frozen dataclasses.
+
+Every problem is collected with its key path, the bad value and the fix, so that
+``task-supervisor check`` can list them all at once and ``run`` can refuse with one line each.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+WORKER_ID_MAX_LENGTH = 64  # db_worker refuses longer worker ids
+# Worker ids are node:pool:slot:generation; leave room for slot and generation digits.
+_WORKER_ID_SUFFIX_RESERVE = len(":999:999999")
+
+START_METHODS = ("fork", "exec")
+ON_WORKER_LOST = ("fail", "requeue")
+LOG_FORMATS = ("text", "json")
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?", re.IGNORECASE)
+_POOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+
+
+class ConfigError(Exception):
+    """config.toml cannot be used; ``problems`` holds one sentence per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string such as "250ms", "30s", "5m", "1h", "1h30m"."""
+    if isinstance(value, bool):
+        raise ValueError("a duration must be a number of seconds or a string such as \"30s\"")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        parts = list(_DURATION_PART.finditer(text))
+        joined = "".join(p.group(0) for p in parts).replace(" ", "")
+        if not parts or joined != text.replace(" ", ""):
+            raise ValueError('use seconds or a string such as "250ms", "30s", "5m", "1h"')
+        seconds = sum(float(p.group(1)) * _DURATION_UNITS[p.group(2)] for p in parts)
+    else:
+        raise ValueError("a duration must be a number of seconds or a string such as \"30s\"")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("a duration must be finite and not negative")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an integer or a string such as "512MiB", "1GiB", "300MB"."""
+    if isinstance(value, bool):
+        raise ValueError('a size must be a number of bytes or a string such as "512MiB"')
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        match = _SIZE.fullmatch(value.strip())
+        if not match:
+            raise ValueError('use bytes or a string such as "512MiB"')
+        size = int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()])
+    else:
+        raise ValueError('a size must be a number of bytes or a string such as "512MiB"')
+    if size <= 0:
+        raise ValueError("a size must be positive")
+    return size
+
+
+@dataclass(frozen=True, slots=True)
+class DjangoConfig:
+    settings: str
+    pythonpath: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    node: str
+    graceful_timeout: float = 30.0  # seconds
+    http: str = "127.0.0.1:8787"
+    node_timeout: float = 60.0  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    name: str
+    queues: tuple[str, ...]
+    processes: int = 1
+    backend: str = "default"
+    interval: float = 1.0  # seconds between polls of an idle db_worker
+    start: str = "fork"
+    max_tasks: int | None = None
+    timeout: float | None = None  # seconds
+    kill_after: float = 10.0  # seconds
+    max_memory: int | None = None  # bytes
+    on_worker_lost: str = "fail"
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    django: DjangoConfig
+    supervisor: SupervisorConfig
+    pools: dict[str, PoolConfig] = field(default_factory=dict)
+    task_timeouts: dict[str, float] = field(default_factory=dict)
+    scheduler: SchedulerConfig = SchedulerConfig()
+
+    def pythonpath_dirs(self) -> list[str]:
+        """The pythonpath entries as absolute paths, relative ones taken from the config's folder."""
+        base = self.path.parent
+        return [str((base / entry).resolve()) for entry in self.django.pythonpath]
+
+
+class _Reader:
+    """Reads one TOML table, recording problems instead of raising."""
+
+    def __init__(self, table: dict[str, Any], path: str, problems: list[str]) -> None:
+        self.table = table
+        self.path = path
+        self.problems = problems
+        self.known: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def fail(self, name: str, message: str) -> None:
+        self.problems.append(f"{self.key(name)} {message}.")
+
+    def get(self, name: str, default: Any, convert: Callable[[Any], Any], expect: str) -> Any:
+        self.known.add(name)
+        if name not in self.table:
+            return default
+        value = self.table[name]
+        try:
+            return convert(value)
+        except (TypeError, ValueError) as exc:
+            # Converters raise an empty message when `expect` already says it all.
+            detail = f"; {exc}" if str(exc) else ""
+            self.fail(name, f"must be {expect}, got {value!r}{detail}")
+            return default
+
+    def finish(self) -> None:
+        for name in self.table:
+            if name not in self.known:
+                self.problems.append(_unknown_key(self.key(name), name, self.known, self.path))
+
+
+def _unknown_key(full: str, name: str, known: set[str], parent: str) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.5)
+    if close:
+        return f"Unknown key {full}; did you mean {parent + '.' if parent else ''}{close[0]}?"
+    return f"Unknown key {full}; known keys are {', '.join(sorted(known))}."
+
+
+def _as_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("")
+    return value
+
+
+def _as_str_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise TypeError("")
+    return tuple(value)
+
+
+def _as_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError("")
+    return value
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("")
+    if value < 1:
+        raise ValueError("")
+    return value
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in options:
+            raise ValueError("")
+        return str(value)
+
+    return convert
+
+
+def _listen_address(value: Any) -> str:
+    text = _as_str(value)
+    if text == "":
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError('use "HOST:PORT", or "" to turn the listener off')
+    return text
+
+
+def default_node_name(hostname: str | None = None) -> str:
+    """The hostname, shortened if needed so worker ids stay within db_worker's limit."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", hostname or socket.gethostname()) or "node"
+    limit = WORKER_ID_MAX_LENGTH - _WORKER_ID_SUFFIX_RESERVE - 16
+    return name if len(name) <= limit else name[:limit]
+
+
+def _node_name(value: Any) -> str:
+    text = _as_str(value)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", text):
+        raise ValueError("use letters, digits, '.', '_' and '-' only")
+    return text
+
+
+def _read_supervisor(table: dict[str, Any], problems: list[str]) -> SupervisorConfig:
+    r = _Reader(table, "supervisor", problems)
+    node = r.get("node", None, _node_name, "a node name") or default_node_name()
+    graceful = r.get("graceful_timeout", 30.0, parse_duration, "a duration")
+    http = r.get("http", "127.0.0.1:8787", _listen_address, 'a listen address "HOST:PORT"')
+    node_timeout = r.get("node_timeout", 60.0, parse_duration, "a duration")
+    r.finish()
+    return SupervisorConfig(
+        node=node, graceful_timeout=graceful, http=http, node_timeout=node_timeout
+    )
+
+
+def _read_pool(name: str, table: Any, problems: list[str]) -> PoolConfig | None:
+    path = f"pools.{name}"
+    if not isinstance(table, dict):
+        problems.append(f"{path} must be a table such as [pools.{name}], got {table!r}.")
+        return None
+    if not _POOL_NAME.match(name):
+        problems.append(
+            f"{path}: pool names use letters, digits, '.', '_' and '-', at most 32 characters."
+        )
+    r = _Reader(table, path, problems)
+    pool = PoolConfig(
+        name=name,
+        queues=r.get("queues", (name,), _as_str_list, "a list of queue names"),
+        processes=r.get("processes", 1, _positive_int, "an integer of at least 1"),
+        backend=r.get("backend", "default", _as_str, "a task backend alias from settings.TASKS"),
+        interval=r.get("interval", 1.0, parse_duration, "a duration"),
+        start=r.get("start", "fork", _choice(START_METHODS), '"fork" or "exec"'),
+        max_tasks=r.get("max_tasks", None, _positive_int, "an integer of at least 1"),
+        timeout=r.get("timeout", None, parse_duration, "a duration"),
+        kill_after=r.get("kill_after", 10.0, parse_duration, "a duration"),
+        max_memory=r.get("max_memory", None, parse_size, 'a size such as "512MiB"'),
+        on_worker_lost=r.get(
+            "on_worker_lost", "fail", _choice(ON_WORKER_LOST), '"fail" or "requeue"'
+        ),
+        max_attempts=r.get("max_attempts", 3, _positive_int, "an integer of at least 1"),
+    )
+    r.finish()
+    return pool
+
+
+def _read_task_timeouts(table: Any, problems: list[str]) -> dict[str, float]:
+    timeouts: dict[str, float] = {}
+    for task_path, value in table.items():
+        try:
+            timeouts[task_path] = parse_duration(value)
+        except ValueError as exc:
+            problems.append(f'task_timeouts."{task_path}" must be a duration, got {value!r} ({exc}).')
+    return timeouts
+
+
+def _tables(data: dict[str, Any], problems: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name in ("django", "supervisor", "pools", "task_timeouts", "scheduler"):
+        value = data.get(name, {})
+        if not isinstance(value, dict):
+            problems.append(f"{name} must be a table such as [{name}], got {value!r}.")
+            value = {}
+        yield name, value
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate config.toml; raise ConfigError listing every problem."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{file}: no such file; pass the path of your config.toml with -c."]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{file}: cannot be read ({exc})."]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{file}: invalid TOML: {exc}."]) from None
+    return config_from_dict(data, file)
+
+
+def config_from_dict(data: dict[str, Any], file: Path) -> Config:
+    problems: list[str] = []
+    tables = dict(_tables(data, problems))
+    top = _Reader(data, "", problems)
+    top.known.update(tables)
+    top.finish()
+
+    dj = _Reader(tables["django"], "django", problems)
+    settings = dj.get("settings", os.environ.get("DJANGO_SETTINGS_MODULE", ""), _as_str, "a module path")
+    pythonpath = dj.get("pythonpath", (), _as_str_list, "a list of folders")
+    dj.finish()
+    if not settings:
+        problems.append(
+            'django.settings is missing; set it to your settings module, e.g. settings = "mysite.settings".'
+        )
+
+    supervisor = _read_supervisor(tables["supervisor"], problems)
+    pools: dict[str, PoolConfig] = {}
+    for name, table in tables["pools"].items():
+        pool = _read_pool(name, table, problems)
+        if pool is not None:
+            pools[name] = pool
+    if not tables["pools"]:
+        pools["default"] = PoolConfig(name="default", queues=("default",))
+
+    sched = _Reader(tables["scheduler"], "scheduler", problems)
+    scheduler = SchedulerConfig(enabled=sched.get("enabled", True, _as_bool, "true or false"))
+    sched.finish()
+
+    for name in pools:
+        longest = len(f"{supervisor.node}:{name}") + _WORKER_ID_SUFFIX_RESERVE
+        if longest > WORKER_ID_MAX_LENGTH:
+            problems.append(
+                f"supervisor.node {supervisor.node!r} and pool {name!r} make worker ids longer than "
+                f"{WORKER_ID_MAX_LENGTH} characters; shorten the node or the pool name."
+            )
+
+    task_timeouts = _read_task_timeouts(tables["task_timeouts"], problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        path=file.resolve(),
+        django=DjangoConfig(settings=settings, pythonpath=pythonpath),
+        supervisor=supervisor,
+        pools=pools,
+        task_timeouts=task_timeouts,
+        scheduler=scheduler,
+    )

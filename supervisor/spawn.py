@@ -1,0 +1,59 @@
+"""Starting children: the one place the supervisor forks."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable
+
+from task_supervisor.worker import (
+    CHILD_EXIT_CRASHED,
+    ChildSpec,
+    exec_child,
+    prepare_after_fork,
+    run_child,
+)
+
+
+class ForkWithThreadsError(RuntimeError):
+    """Forking now would copy a live thread's locks into the child."""
+
+
+class Spawner:
+    """Forks children; ``close_in_child`` closes the supervisor's own descriptors in each."""
+
+    def __init__(self, close_in_child: Callable[[], None]) -> None:
+        self.close_in_child = close_in_child
+
+    def spawn(self, spec: ChildSpec, start: str) -> tuple[int, int]:
+        """Start a child; returns its pid and the read end of its report pipe."""
+        _prepare_fork()
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                os.close(read_fd)
+                prepare_after_fork(spec.parent_pid)
+                self.close_in_child()
+                if start == "exec":
+                    exec_child(spec, write_fd)
+                run_child(spec, write_fd)
+            finally:
+                os._exit(CHILD_EXIT_CRASHED)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        return pid, read_fd
+
+
+def _prepare_fork() -> None:
+    """No open database connection and no other thread may cross a fork."""
+    if threading.active_count() > 1:
+        names = ", ".join(t.name for t in threading.enumerate() if t is not threading.current_thread())
+        raise ForkWithThreadsError(f"cannot fork a worker while other threads run ({names}).")
+    from django.db import connections
+
+    # A connection inherited by a child would be closed twice, breaking the parent's socket.
+    connections.close_all()
+    sys.stdout.flush()
+    sys.stderr.flush()

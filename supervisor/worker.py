@@ -1,0 +1,186 @@
+"""What runs inside a worker child: the backend's real db_worker command, reporting to us.
+
+A forked child arrives here straight from the supervisor's ``fork()`` with Django set up; an
+exec'd child arrives through ``python -m task_supervisor.worker`` and sets Django up first.
+Either way the child hooks the framework's ``task_started`` / ``task_finished`` signals, so the
+supervisor knows at every moment which task each child runs, then hands over to db_worker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Any, NoReturn
+
+from task_supervisor import protocol
+
+# Exit codes of a child; the supervisor reads them to tell a boot failure from a crash.
+CHILD_EXIT_OK = 0
+CHILD_EXIT_BOOT_FAILED = 78  # could not set Django up or reach the database
+CHILD_EXIT_CRASHED = 70  # db_worker raised (for instance the database went away mid-run)
+CHILD_EXIT_ORPHANED = 75  # the supervisor was already gone when the child started
+
+_PR_SET_PDEATHSIG = 1
+_RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    """Everything a child needs to become a db_worker; JSON-able for exec'd children."""
+
+    pool: str
+    slot: int
+    generation: int
+    worker_id: str
+    queues: tuple[str, ...]
+    backend: str
+    interval: float
+    max_tasks: int | None
+    parent_pid: int
+    settings: str
+    pythonpath: tuple[str, ...]
+
+    def db_worker_argv(self) -> list[str]:
+        argv = [
+            "--queue-name", ",".join(self.queues),
+            "--interval", repr(self.interval),
+            "--backend", self.backend,
+            "--worker-id", self.worker_id,
+            "--no-reload",  # db_worker defaults to autoreload under DEBUG
+            "--no-startup-delay",  # the supervisor paces starts itself
+        ]  # fmt: skip
+        if self.max_tasks is not None:
+            argv += ["--max-tasks", str(self.max_tasks)]
+        return argv
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ChildSpec:
+        data = json.loads(text)
+        data["queues"] = tuple(data["queues"])
+        data["pythonpath"] = tuple(data["pythonpath"])
+        return cls(**data)
+
+
+def prepare_after_fork(parent_pid: int) -> None:
+    """First thing in a new child, before exec or before running the worker in place."""
+    # Own process group: a terminal's Ctrl-C reaches the supervisor alone, which then drains us.
+    os.setpgid(0, 0)
+    _die_with_parent(parent_pid)
+    signal.set_wakeup_fd(-1)
+    for signum in _RESET_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    # SIGTERM, not SIGKILL: db_worker then finishes its current task and exits.
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(CHILD_EXIT_ORPHANED)
+
+
+def exec_child(spec: ChildSpec, report_fd: int) -> NoReturn:
+    """Replace this forked process by a fresh interpreter running the same child."""
+    os.set_inheritable(report_fd, True)
+    argv = [sys.executable, "-m", "task_supervisor.worker", spec.to_json(), str(report_fd)]
+    try:
+        os.execv(sys.executable, argv)
+    finally:
+        os._exit(CHILD_EXIT_BOOT_FAILED)
+
+
+def run_child(spec: ChildSpec, report_fd: int) -> NoReturn:
+    """Run db_worker in this process until it exits, then leave without running atexit hooks."""
+    reporter = protocol.Reporter(report_fd)
+    code = CHILD_EXIT_CRASHED
+    try:
+        code = _serve(spec, reporter)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _serve(spec: ChildSpec, reporter: protocol.Reporter) -> int:
+    from task_supervisor import compat, proctitle
+
+    try:
+        backend = compat.resolve(spec.backend)
+        _check_database(backend)
+    except Exception as exc:  # a boot failure of any kind is reported in one line
+        reporter.send(protocol.BOOT_FAILED, reason=_one_line(exc))
+        return CHILD_EXIT_BOOT_FAILED
+    _hook_signals(backend, reporter, spec)
+    proctitle.set_title(f"task-supervisor: {spec.pool}[{spec.slot}] idle")
+    reporter.send(protocol.READY, pid=os.getpid())
+    command = backend.command_class()()
+    command.run_from_argv(["task-supervisor", "db_worker", *spec.db_worker_argv()])
+    return CHILD_EXIT_OK
+
+
+def _check_database(backend: Any) -> None:
+    from django.db import connections
+
+    connections[backend.db_alias].ensure_connection()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def _hook_signals(backend: Any, reporter: protocol.Reporter, spec: ChildSpec) -> None:
+    from task_supervisor import proctitle
+
+    def started(sender: Any, task_result: Any, **kwargs: Any) -> None:
+        path = _task_path(task_result)
+        reporter.send(protocol.TASK_STARTED, task_id=str(task_result.id), path=path)
+        proctitle.set_title(f"task-supervisor: {spec.pool}[{spec.slot}] {path} {task_result.id}")
+
+    def finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
+        status = getattr(task_result.status, "value", task_result.status)
+        reporter.send(protocol.TASK_FINISHED, task_id=str(task_result.id), status=str(status))
+        proctitle.set_title(f"task-supervisor: {spec.pool}[{spec.slot}] idle")
+
+    # weak=False: the receivers are closures that nothing else keeps alive.
+    backend.signals.task_started.connect(started, weak=False, dispatch_uid="task_supervisor_started")
+    backend.signals.task_finished.connect(finished, weak=False, dispatch_uid="task_supervisor_finished")
+
+
+def _task_path(task_result: Any) -> str:
+    task = getattr(task_result, "task", None)
+    return str(getattr(task, "module_path", "") or getattr(task, "name", ""))
+
+
+def main(argv: list[str]) -> NoReturn:
+    """Entry point of an exec'd child: ``python -m task_supervisor.worker SPEC REPORT_FD``."""
+    spec, report_fd = ChildSpec.from_json(argv[0]), int(argv[1])
+    reporter = protocol.Reporter(report_fd)
+    _die_with_parent(spec.parent_pid)
+    try:
+        sys.path[:0] = list(spec.pythonpath)
+        os.environ["DJANGO_SETTINGS_MODULE"] = spec.settings
+        import django
+
+        django.setup()
+    except Exception as exc:
+        reporter.send(protocol.BOOT_FAILED, reason=_one_line(exc))
+        os._exit(CHILD_EXIT_BOOT_FAILED)
+    run_child(spec, report_fd)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
