@@ -51,3 +51,11 @@ def exit_process(code: int = 3) -> None:
 @task()
 def pid() -> int:
     return os.getpid()
+
+
+@task()
+def argv0() -> str:
+    """The child's sys.argv[0]: worker.py in an exec'd child, the supervisor's in a forked one."""
+    import sys
+
+    return sys.argv[0]

@@ -1,0 +1,8 @@
+"""Settings that import in the supervisor but break in exec'd children (a boot-failure test)."""
+
+import sys
+
+from tsproject.settings import *  # noqa: F403
+
+if sys.argv and sys.argv[0].endswith("worker.py"):
+    raise RuntimeError("these settings are broken in children")

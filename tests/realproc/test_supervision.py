@@ -1,0 +1,234 @@
+"""Real supervisors, real db_worker children, real tasks, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from task_supervisor import exitcodes
+from tests.support import config_toml, wait_until
+
+TWO_POOLS = """
+[pools.default]
+processes = 2
+interval = "100ms"
+
+[pools.reports]
+queues = ["reports"]
+processes = 1
+interval = "100ms"
+"""
+
+ONE_POOL = """
+[pools.default]
+processes = 1
+interval = "100ms"
+"""
+
+
+def rows():
+    from django_tasks_db.models import DBTaskResult
+
+    return DBTaskResult.objects.all()
+
+
+def status_of(result) -> str:
+    from django_tasks_db.models import DBTaskResult
+
+    return DBTaskResult.objects.get(id=result.id).status
+
+
+def wait_status(result, status: str, timeout: float = 30.0) -> None:
+    wait_until(lambda: status_of(result) == status, timeout, message=f"task {result.id} {status}")
+
+
+def test_pools_run_tasks_and_drain_on_sigterm(supervisor, db):
+    from tsapp import tasks
+
+    sup = supervisor(config_toml(TWO_POOLS))
+    adds = [tasks.add.enqueue(i, 1) for i in range(10)]
+    reports = [tasks.report.enqueue(i) for i in range(3)]
+    for result in adds + reports:
+        wait_status(result, "SUCCESSFUL")
+    assert len(sup.wait_children(3)) == 3
+
+    by_id = {str(r.id): r for r in rows()}
+    for result in adds:
+        (worker_id,) = by_id[str(result.id)].worker_ids
+        assert re.fullmatch(r"testnode:default:[01]:1", worker_id), worker_id
+        assert by_id[str(result.id)].return_value == result.args[0] + 1
+    for result in reports:
+        assert by_id[str(result.id)].worker_ids == ["testnode:reports:0:1"]
+
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == exitcodes.EX_OK
+    assert "drained after SIGTERM" in sup.log()
+
+
+def test_crashed_child_is_replaced(supervisor, db):
+    from tsapp import tasks
+
+    sup = supervisor(config_toml(ONE_POOL))
+    sup.wait_log("Started child testnode:default:0:1")
+    (first,) = sup.wait_children(1)
+    sup.wait_log("Starting worker worker_id=testnode:default:0:1")
+    first.kill()
+    sup.wait_log("Child testnode:default:0:1 killed by SIGKILL")
+    sup.wait_log("Started child testnode:default:0:2")
+    result = tasks.add.enqueue(2, 3)
+    wait_status(result, "SUCCESSFUL")
+    assert rows().get(id=result.id).worker_ids == ["testnode:default:0:2"]
+
+
+def test_child_exiting_mid_task_is_replaced(supervisor, db):
+    from tsapp import tasks
+
+    sup = supervisor(config_toml(ONE_POOL))
+    tasks.exit_process.enqueue(3)
+    sup.wait_log("Child testnode:default:0:1 exited with code 3")
+    sup.wait_log("was running in child")
+    sup.wait_log("Started child testnode:default:0:2")
+    result = tasks.add.enqueue(1, 1)
+    wait_status(result, "SUCCESSFUL")
+
+
+def test_child_recycles_after_max_tasks(supervisor, db):
+    from tsapp import tasks
+
+    sup = supervisor(config_toml(ONE_POOL + "max_tasks = 2\n"))
+    results = [tasks.add.enqueue(i, i) for i in range(6)]
+    for result in results:
+        wait_status(result, "SUCCESSFUL")
+    sup.wait_log("recycled after 2 tasks", count=2)
+    workers = [rows().get(id=r.id).worker_ids[0] for r in results]
+    assert len(set(workers)) == 3, workers  # generations 1, 2 and 3, two tasks each
+    assert "failed to boot" not in sup.log()
+
+
+def test_drain_lets_the_running_task_finish_and_starts_no_new_one(supervisor, db, tmp_path: Path):
+    from tsapp import tasks
+
+    sup = supervisor(config_toml(ONE_POOL))
+    marker = tmp_path / "started"
+    running = tasks.sleep.enqueue(1.5, str(marker))
+    wait_until(marker.exists, message="the task to start")
+    waiting = tasks.add.enqueue(1, 2)
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == exitcodes.EX_OK
+    assert status_of(running) == "SUCCESSFUL"
+    assert status_of(waiting) == "READY"
+
+
+def test_second_signal_stops_at_once(supervisor, db, tmp_path: Path):
+    from tsapp import tasks
+
+    sup = supervisor(config_toml(ONE_POOL))
+    marker = tmp_path / "started"
+    tasks.sleep.enqueue(60, str(marker))
+    wait_until(marker.exists, message="the task to start")
+    child_pid = int(marker.read_text())
+    sup.signal(signal.SIGINT)
+    sup.wait_log("draining")
+    started = time.monotonic()
+    sup.signal(signal.SIGINT)
+    assert sup.wait_exit(timeout=15) == exitcodes.EX_FORCED
+    assert time.monotonic() - started < 10
+    assert not psutil.pid_exists(child_pid) or psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_sigquit_stops_at_once(supervisor, db):
+    sup = supervisor(config_toml(TWO_POOLS))
+    children = sup.wait_children(3)
+    sup.signal(signal.SIGQUIT)
+    assert sup.wait_exit(timeout=15) == exitcodes.EX_FORCED
+    gone, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive
+
+
+def test_hup_resizes_pools(supervisor, db):
+    sup = supervisor(config_toml(ONE_POOL))
+    sup.wait_children(1)
+    sup.write_config(config_toml(ONE_POOL.replace("processes = 1", "processes = 3")))
+    sup.signal(signal.SIGHUP)
+    sup.wait_log("Pool default resized to 3")
+    sup.wait_children(3)
+    sup.wait_log("Starting worker worker_id=testnode:default:2:1")
+    sup.write_config(config_toml(ONE_POOL))
+    sup.signal(signal.SIGHUP)
+    sup.wait_log("Pool default resized to 1")
+    sup.wait_children(1)
+    sup.wait_log("Child testnode:default:2:1 exited with code 0 after stop")
+
+
+def test_hup_adds_removes_and_rolls_pools(supervisor, db):
+    from tsapp import tasks
+
+    sup = supervisor(config_toml(ONE_POOL))
+    sup.wait_log("Starting worker worker_id=testnode:default:0:1")
+    changed = ONE_POOL.replace('"100ms"', '"200ms"') + '\n[pools.reports]\nqueues = ["reports"]\n'
+    sup.write_config(config_toml(changed))
+    sup.signal(signal.SIGHUP)
+    sup.wait_log("Pool default changed: rolling its children")
+    sup.wait_log("Child testnode:default:0:1 exited with code 0 after stop")
+    log = sup.log()
+    # New children up before old ones drain.
+    assert log.index("Started child testnode:default:0:2") < log.index("Child testnode:default:0:1 exited")
+    result = tasks.report.enqueue(7)
+    wait_status(result, "SUCCESSFUL")
+
+    sup.write_config(config_toml("[pools.reports]\nqueues = [\"reports\"]\n"))
+    sup.signal(signal.SIGHUP)
+    sup.wait_log("Pool default removed")
+    sup.wait_children(1)
+
+
+def test_bad_config_on_hup_keeps_running_config(supervisor, db):
+    sup = supervisor(config_toml(ONE_POOL))
+    sup.wait_children(1)
+    sup.write_config(config_toml(ONE_POOL.replace("processes = 1", "processes = 0")))
+    sup.signal(signal.SIGHUP)
+    sup.wait_log("Reload refused, keeping the running config: pools.default.processes must be")
+    assert len(sup.wait_children(1)) == 1
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == exitcodes.EX_OK
+
+
+def test_children_exit_when_the_supervisor_is_killed(supervisor, db, tmp_path: Path):
+    from tsapp import tasks
+
+    sup = supervisor(config_toml(TWO_POOLS))
+    marker = tmp_path / "started"
+    running = tasks.sleep.enqueue(1.0, str(marker))
+    wait_until(marker.exists, message="the task to start")
+    children = sup.wait_children(3)
+    sup.signal(signal.SIGKILL)
+    sup.wait_exit()
+    gone, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, alive
+    # The busy child finished its task before leaving.
+    assert status_of(running) == "SUCCESSFUL"
+
+
+def test_exec_start_runs_a_fresh_interpreter(supervisor, db):
+    from tsapp import tasks
+
+    sup = supervisor(config_toml(ONE_POOL + 'start = "exec"\n'))
+    sup.wait_children(1)
+    result = tasks.argv0.enqueue()
+    wait_status(result, "SUCCESSFUL")
+    assert rows().get(id=result.id).return_value.endswith("task_supervisor/worker.py") or rows().get(
+        id=result.id
+    ).return_value.endswith("supervisor/worker.py")
+
+
+def test_children_that_cannot_boot_make_the_supervisor_give_up(supervisor, db):
+    text = config_toml(ONE_POOL + 'start = "exec"\n').replace("tsproject.settings", "tsproject.settings_childfail")
+    sup = supervisor(text)
+    assert sup.wait_exit(timeout=60) == exitcodes.EX_NO_WORKERS
+    last = sup.log().strip().splitlines()[-1]
+    assert "no pool could start a worker" in last and "broken in children" in last, last

@@ -1,0 +1,252 @@
+"""Helpers for tests that run real supervisors against real databases."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = ROOT / "tests" / "project"
+PG_HOST = "127.0.0.1"
+PG_PORT = 5432
+PG_USER = "postgres"
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, message: str = ""
+) -> T:
+    """Poll until ``predicate`` returns something truthy; fail with ``message`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
+        time.sleep(interval)
+
+
+def pg_connect(dbname: str = "postgres") -> Any:
+    import psycopg
+
+    return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=dbname, autocommit=True)
+
+
+def manage(env: dict[str, str], *args: str, project: Path = PROJECT) -> None:
+    subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=project,
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+
+
+@dataclass
+class Database:
+    """One throw-away database with every migration applied."""
+
+    engine: str  # "sqlite" or "postgres"
+    name: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"TS_DB_ENGINE": self.engine, "TS_DB_NAME": self.name}
+
+    def settings_dict(self) -> dict[str, Any]:
+        if self.engine == "postgres":
+            return {
+                "ENGINE": "django.db.backends.postgresql",
+                "NAME": self.name,
+                "HOST": PG_HOST,
+                "PORT": str(PG_PORT),
+                "USER": PG_USER,
+            }
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": self.name, "OPTIONS": {"timeout": 20}}
+
+
+class DatabaseFactory:
+    """Migrates a template once per test session, then copies it for each test (fast)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.templates: dict[str, str] = {}
+        self.created: list[Database] = []
+
+    def template(self, engine: str) -> str:
+        if engine not in self.templates:
+            if engine == "sqlite":
+                name = str(self.workdir / "template.sqlite3")
+            else:
+                name = f"ts_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+                with pg_connect() as conn:
+                    conn.execute(f'CREATE DATABASE "{name}"')
+            manage({"TS_DB_ENGINE": engine, "TS_DB_NAME": name}, "migrate", "-v0")
+            self.templates[engine] = name
+        return self.templates[engine]
+
+    def create(self, engine: str) -> Database:
+        template = self.template(engine)
+        if engine == "sqlite":
+            name = str(self.workdir / f"db-{uuid.uuid4().hex[:8]}.sqlite3")
+            shutil.copyfile(template, name)
+        else:
+            name = f"ts_test_{uuid.uuid4().hex[:10]}"
+            with pg_connect() as conn:
+                conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        db = Database(engine, name)
+        self.created.append(db)
+        return db
+
+    def drop(self, db: Database) -> None:
+        if db.engine == "postgres":
+            with pg_connect() as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+
+    def cleanup(self) -> None:
+        if "postgres" in self.templates:
+            with pg_connect() as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.templates["postgres"]}" WITH (FORCE)')
+
+
+def use_database(db: Database) -> None:
+    """Point this process's Django "default" database at ``db``."""
+    from django.db import connections
+
+    connections.close_all()
+    connections.settings["default"] = connections.configure_settings({"default": db.settings_dict()})["default"]
+    try:
+        del connections["default"]
+    except AttributeError:
+        pass  # no connection was opened in this thread yet
+
+
+@dataclass
+class SupervisorProcess:
+    """A real ``task-supervisor run`` in its own session, with its log in a file."""
+
+    workdir: Path
+    db: Database
+    config_text: str
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "config.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "supervisor.log"
+
+    def write_config(self, text: str) -> None:
+        self.config_text = text
+        self.config_path.write_text(text)
+
+    def start(self) -> SupervisorProcess:
+        self.write_config(self.config_text)
+        env = {**os.environ, **self.db.env, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "task_supervisor", "run", "-c", str(self.config_path)],
+            cwd=self.workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 20.0, count: int = 1) -> None:
+        wait_until(lambda: self.log().count(text) >= count, timeout, message=f"{text!r} x{count} in log:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def children(self) -> list[psutil.Process]:
+        try:
+            return [c for c in psutil.Process(self.pid).children() if c.status() != psutil.STATUS_ZOMBIE]
+        except psutil.NoSuchProcess:
+            return []
+
+    def wait_children(self, count: int, timeout: float = 20.0) -> list[psutil.Process]:
+        return wait_until(
+            lambda: (kids := self.children()) and len(kids) == count and kids,
+            timeout,
+            message=f"{count} children; log:\n{self.tail()}",
+        )
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"supervisor still running after {timeout}s; log:\n{self.tail()}") from None
+
+    def stop(self) -> None:
+        """Kill whatever is left: the supervisor, its children (own process groups) and all."""
+        if self.proc is None:
+            return
+        try:
+            family = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            family = []
+        for proc in family:
+            _kill(proc.pid)
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(10)
+        psutil.wait_procs(family, timeout=10)
+        self._log.close()
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def config_toml(pools: str, *, graceful: str = "10s", extra: str = "", node: str = "testnode") -> str:
+    return textwrap.dedent(
+        f"""\
+        [django]
+        settings = "tsproject.settings"
+        pythonpath = ["{PROJECT}"]
+
+        [supervisor]
+        node = "{node}"
+        graceful_timeout = "{graceful}"
+        http = ""
+        {extra}
+        """
+    ) + textwrap.dedent(pools)
