@@ -17,8 +17,13 @@ import signal
 import time
 from collections.abc import Callable
 
+import psutil
+
 from task_supervisor import exitcodes, signals
-from task_supervisor.child import Child, ExitReason, describe_status
+from task_supervisor.child import Child, ChildState, ExitReason, describe_status
+from task_supervisor.compat import TaskBackend
+from task_supervisor.janitor import Janitor
+from task_supervisor.recovery import TASK_TIMEOUT, LostTask
 from task_supervisor.config import Config, ConfigError, PoolConfig, load_config
 from task_supervisor.pool import Pool, Slot, recycle_after
 from task_supervisor.spawn import Spawner
@@ -28,7 +33,8 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT = 1.0  # seconds the loop sleeps at most, even with nothing scheduled
 FORCE_STOP_GRACE = 5.0  # seconds to reap SIGKILLed children on a forced stop
-ROLL_TIMEOUT_FACTOR = 1.0  # old children of a rolled pool stop at the latest after graceful_timeout
+MEMORY_CHECK_INTERVAL = 1.0  # seconds between RSS checks of children of pools with max_memory
+EXIT_FLUSH_TIME = 5.0  # seconds to record lost tasks before exiting
 
 
 class Phase(enum.Enum):
@@ -41,6 +47,7 @@ class Supervisor:
     def __init__(
         self,
         config: Config,
+        backends: dict[str, TaskBackend] | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -62,6 +69,8 @@ class Supervisor:
         self.spawner = Spawner(self.close_in_child)
         self.stop_deadline: float | None = None
         self.started_at = clock()
+        self.janitor = Janitor(config, backends, clock) if backends else None
+        self.next_memory_check = 0.0
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -76,12 +85,16 @@ class Supervisor:
             extra={"event": "supervisor_started"},
         )
         try:
+            self.recover_own_tasks()
             while not self.finished():
                 self.wait_for_events(self.next_timeout())
                 self.handle_signals()
                 self.reap_children()
                 now = self.clock()
                 self.enforce_deadlines(now)
+                self.watch_memory(now)
+                if self.janitor is not None:
+                    self.janitor.tick(now, self.live_worker_ids(), list(self.pools))
                 if self.phase is Phase.RUNNING:
                     self.manage_pools(now)
                     self.check_hopeless()
@@ -101,6 +114,8 @@ class Supervisor:
         while self.children and self.clock() < deadline:
             if not self.reap_children():
                 time.sleep(0.01)
+        if self.janitor is not None:
+            self.janitor.flush(self.clock() + EXIT_FLUSH_TIME)
         self.signals.uninstall()
         self.selector.close()
         self.signals.close()
@@ -109,6 +124,7 @@ class Supervisor:
         """In a freshly forked child: drop the supervisor's descriptors."""
         for child in self.children.values():
             _close(child.reader.fd)
+            _close(child.control_fd)
         for fd in self.signals.fds():
             _close(fd)
         try:
@@ -123,6 +139,9 @@ class Supervisor:
         moments = [now + MAX_WAIT]
         moments += [c.kill_at for c in self.children.values() if c.kill_at is not None]
         moments += [deadline for _, deadline in self.successor.values()]
+        moments += [t for c in self.children.values() if (t := self.timeout_moment(c)) is not None]
+        if self.janitor is not None and (due := self.janitor.next_due()) is not None:
+            moments.append(due)
         if self.stop_deadline is not None:
             moments.append(self.stop_deadline)
         if self.phase is Phase.RUNNING:
@@ -154,9 +173,17 @@ class Supervisor:
             for message in child.reader.feed(data):
                 self.on_message(child, message, now, wall)
 
+    def timeout_for(self, pool: str) -> Callable[[str], float | None]:
+        default = self.config.pools[pool].timeout if pool in self.config.pools else None
+        return lambda path: self.config.task_timeouts.get(path, default)
+
     def on_message(self, child: Child, message: dict, now: float, wall: float) -> None:
         before = child.task
-        child.handle_message(message, now, wall)
+        child.handle_message(message, now, wall, self.timeout_for(child.spec.pool))
+        if message.get("event") == "task_finished" and child.recycle_after_task:
+            log.info("Child %s passed max_memory; recycling it after its task", child.spec.worker_id,
+                     extra={**child.log_extra, "event": "child_recycle_memory"})
+            child.request_stop(now, self.config.supervisor.graceful_timeout)
         extra = child.log_extra
         if child.ready_at == now and message.get("event") == "ready":
             pool_slot = self.slot_of.get(child.pid)
@@ -222,7 +249,8 @@ class Supervisor:
             log.error("Child %s %s", child.spec.worker_id, how, extra=extra)
         else:
             log.warning("Child %s %s", child.spec.worker_id, how, extra=extra)
-        if child.task is not None:
+        _close(child.control_fd)
+        if child.task is not None or os.waitstatus_to_exitcode(status) != 0:
             self.task_lost(child, how)
         self.successor.pop(child.pid, None)
         pool_slot = self.slot_of.pop(child.pid, None)
@@ -231,11 +259,49 @@ class Supervisor:
             pool.child_exited(slot, child, reason, now, self.rng)
 
     def task_lost(self, child: Child, how: str) -> None:
-        """A child died while running a task."""
+        """A child died, maybe mid-task: have the janitor finish whatever row it left RUNNING."""
         task = child.task
-        assert task is not None
-        log.error("Task %s (%s) was running in child pid=%s, which %s", task.task_id, task.path,
-                  child.pid, how, extra={**child.log_extra, "event": "task_lost", "task_id": task.task_id})
+        if task is not None:
+            log.error("Task %s (%s) was running in child pid=%s, which %s", task.task_id, task.path,
+                      child.pid, how, extra={**child.log_extra, "event": "task_lost", "task_id": task.task_id})
+        if self.janitor is None:
+            return
+        wid = child.spec.worker_id
+        pool = self.config.pools.get(child.spec.pool)
+        if child.killed_for_timeout is not None and pool is not None:
+            killed = child.killed_for_timeout
+            lost = LostTask(
+                worker_id=wid,
+                task_id=killed.task_id,
+                exception_path=TASK_TIMEOUT,
+                message=f"Task {killed.path} ran past its timeout of {killed.timeout:g}s and did not stop "
+                f"within kill_after {pool.kill_after:g}s, so its worker ({wid}, pid {child.pid}) was killed.",
+            )
+        else:
+            message = f"The worker running this task ({wid}, pid {child.pid}) {how}."
+            if child.killed and self.phase is Phase.DRAINING:
+                message += (f" It was killed at the end of graceful_timeout "
+                            f"({self.config.supervisor.graceful_timeout:g}s) while the supervisor drained.")
+            elif child.killed and self.phase is Phase.STOPPING:
+                message += " It was killed when the supervisor was told to stop at once."
+            elif "SIGKILL" in how:
+                message += " If it ran out of memory, raise the memory limit or set the pool's max_memory."
+            lost = self.janitor.lost_from_worker(wid, message)
+        self.janitor.lost(child.spec.pool, lost)
+
+    def live_worker_ids(self) -> set[str]:
+        return {c.spec.worker_id for c in self.children.values()}
+
+    def recover_own_tasks(self) -> None:
+        """Before the first child starts: rows this node's earlier incarnation left RUNNING."""
+        if self.janitor is None:
+            return
+        try:
+            self.janitor.recover_own(self.live_worker_ids())
+        except Exception as exc:
+            log.error("Could not look for tasks left RUNNING by an earlier run of node %s: %s",
+                      self.config.supervisor.node, exc, extra={"event": "db_error"})
+        self.janitor.tick(self.clock(), self.live_worker_ids(), list(self.pools))
 
     def spawn(self, pool: Pool, slot: Slot, now: float) -> None:
         key = (pool.name, slot.index)
@@ -243,14 +309,14 @@ class Supervisor:
         self.generations[key] = generation
         spec = self.child_spec(pool.config, slot.index, generation)
         try:
-            pid, fd = self.spawner.spawn(spec, pool.config.start)
+            pid, fd, control_fd = self.spawner.spawn(spec, pool.config.start)
         except OSError as exc:
             log.error("Cannot start a child for %s[%d]: %s", pool.name, slot.index, exc,
                       extra={"event": "spawn_failed", "pool": pool.name, "slot": slot.index})
             slot.failures += 1
             slot.start_after = now + 1.0
             return
-        child = Child(spec, pid, fd, now)
+        child = Child(spec, pid, fd, now, control_fd)
         self.children[pid] = child
         self.slot_of[pid] = (pool, slot)
         slot.child = child
@@ -284,7 +350,58 @@ class Supervisor:
                 self.successor.pop(pid, None)
                 child.request_stop(now, self.config.supervisor.graceful_timeout)
 
+    def timeout_moment(self, child: Child) -> float | None:
+        """When the child's current task next needs attention: soft timeout, then hard kill."""
+        task = child.task
+        if task is None or task.timeout is None or child.killed:
+            return None
+        if child.timed_out is not task:
+            return task.since + task.timeout
+        pool = self.config.pools.get(child.spec.pool)
+        return task.since + task.timeout + (pool.kill_after if pool else 10.0)
+
+    def enforce_timeouts(self, now: float) -> None:
+        for child in list(self.children.values()):
+            moment = self.timeout_moment(child)
+            if moment is None or now < moment:
+                continue
+            task = child.task
+            assert task is not None
+            extra = {**child.log_extra, "task_id": task.task_id}
+            if child.timed_out is not task:
+                log.warning("Task %s (%s) ran past its timeout of %gs; raising TaskTimeout in it",
+                            task.task_id, task.path, task.timeout, extra={**extra, "event": "task_timeout"})
+                child.tell_timeout()
+            else:
+                log.error("Task %s (%s) did not stop after TaskTimeout; killing child pid=%s",
+                          task.task_id, task.path, child.pid, extra={**extra, "event": "task_timeout_kill"})
+                child.killed_for_timeout = task
+                child.kill()
+
+    def watch_memory(self, now: float) -> None:
+        """Recycle children past their pool's max_memory: idle ones now, busy ones after the task."""
+        if now < self.next_memory_check:
+            return
+        self.next_memory_check = now + MEMORY_CHECK_INTERVAL
+        for child in list(self.children.values()):
+            pool = self.config.pools.get(child.spec.pool)
+            if pool is None or pool.max_memory is None or not child.up or child.recycle_after_task:
+                continue
+            try:
+                rss = psutil.Process(child.pid).memory_info().rss
+            except psutil.Error:
+                continue
+            if rss <= pool.max_memory:
+                continue
+            log.warning("Child %s uses %d MiB, over max_memory %d MiB", child.spec.worker_id, rss >> 20,
+                        pool.max_memory >> 20, extra={**child.log_extra, "event": "child_over_memory"})
+            if child.state is ChildState.BUSY:
+                child.recycle_after_task = True
+            else:
+                child.request_stop(now, self.config.supervisor.graceful_timeout)
+
     def enforce_deadlines(self, now: float) -> None:
+        self.enforce_timeouts(now)
         for child in list(self.children.values()):
             if child.kill_at is not None and now >= child.kill_at and not child.killed:
                 log.warning("Child %s did not stop within its grace period; killing it",
@@ -341,6 +458,8 @@ class Supervisor:
                         extra={"event": "reload_partial"})
         now = self.clock()
         old_pools, self.config = self.pools, new
+        if self.janitor is not None:
+            self.janitor.config = new
         self.pools = {}
         for name, pool_config in new.pools.items():
             old = old_pools.pop(name, None)

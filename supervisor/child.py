@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from task_supervisor import protocol
-from task_supervisor.worker import CHILD_EXIT_BOOT_FAILED, ChildSpec
+from task_supervisor.worker import CHILD_EXIT_BOOT_FAILED, TIMEOUT_SIGNAL, ChildSpec
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class RunningTask:
     path: str
     since: float  # monotonic seconds
     since_wall: float  # time.time() when it started, for status output
+    timeout: float | None = None  # seconds, from [task_timeouts] or the pool
 
 
 def describe_status(status: int) -> str:
@@ -65,10 +66,11 @@ def describe_status(status: int) -> str:
 class Child:
     """A worker process of a pool slot. ``change_state`` is the only place its state changes."""
 
-    def __init__(self, spec: ChildSpec, pid: int, report_fd: int, now: float) -> None:
+    def __init__(self, spec: ChildSpec, pid: int, report_fd: int, now: float, control_fd: int = -1) -> None:
         self.spec = spec
         self.pid = pid
         self.reader = protocol.Reader(report_fd)
+        self.control_fd = control_fd
         self.state = ChildState.STARTING
         self.started_at = now
         self.ready_at: float | None = None
@@ -79,6 +81,9 @@ class Child:
         self.killed = False
         self.boot_error: str | None = None
         self.status: int | None = None  # wait status once reaped
+        self.timed_out: RunningTask | None = None  # the task told to raise TaskTimeout
+        self.killed_for_timeout: RunningTask | None = None
+        self.recycle_after_task = False  # passed max_memory while busy
 
     def __repr__(self) -> str:
         return f"<Child {self.spec.worker_id} pid={self.pid} {self.state.value}>"
@@ -103,7 +108,9 @@ class Child:
         """Booted and serving (not starting, stopping or gone)."""
         return self.state in (ChildState.IDLE, ChildState.BUSY)
 
-    def handle_message(self, message: dict[str, Any], now: float, wall: float) -> None:
+    def handle_message(
+        self, message: dict[str, Any], now: float, wall: float, timeout_for: Any = lambda path: None
+    ) -> None:
         event = message.get("event")
         if event == protocol.READY:
             self.ready_at = now
@@ -112,7 +119,8 @@ class Child:
         elif event == protocol.BOOT_FAILED:
             self.boot_error = str(message.get("reason", ""))
         elif event == protocol.TASK_STARTED:
-            self.task = RunningTask(str(message.get("task_id")), str(message.get("path")), now, wall)
+            path = str(message.get("path"))
+            self.task = RunningTask(str(message.get("task_id")), path, now, wall, timeout_for(path))
             if self.state is ChildState.IDLE:  # IDLE -> BUSY
                 self.change_state(ChildState.BUSY)
         elif event == protocol.TASK_FINISHED:
@@ -129,6 +137,17 @@ class Child:
         self.stop_requested_at = now
         self.kill_at = now + grace
         self.signal(signal.SIGTERM)
+
+    def tell_timeout(self) -> None:
+        """Make TaskTimeout raise inside the running task (soft timeout)."""
+        task = self.task
+        assert task is not None and task.timeout is not None
+        self.timed_out = task
+        try:
+            os.write(self.control_fd, f"timeout {task.task_id} {task.timeout:g}\n".encode())
+        except OSError:
+            return  # the child is gone; the reaper will see it
+        self.signal(TIMEOUT_SIGNAL)
 
     def kill(self) -> None:
         self.killed = True

@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(exc.code, str(exc))
     from task_supervisor.arbiter import Supervisor
 
-    return Supervisor(config).run()
+    return Supervisor(config, backends).run()
 
 
 def cmd_check(args: argparse.Namespace) -> int:

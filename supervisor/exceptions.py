@@ -1,7 +1,7 @@
 """Exceptions recorded on task rows by the supervisor.
 
-They live in a module with no Django imports so that a task row's ``exception_class_path``
-(``task_supervisor.exceptions.TaskTimeout``) always imports, in any process.
+They live in a module with no Django imports, and claim ``task_supervisor`` as their module, so
+that a row's ``exception_class_path`` reads ``task_supervisor.TaskTimeout`` and imports anywhere.
 """
 
 from __future__ import annotations
@@ -13,3 +13,7 @@ class TaskTimeout(Exception):
 
 class WorkerLost(Exception):
     """The worker process running a task died before the task finished."""
+
+
+for _cls in (TaskTimeout, WorkerLost):
+    _cls.__module__ = "task_supervisor"

@@ -89,7 +89,10 @@ class Pool:
             return
         self.restarts += 1
         lived = now - child.started_at
-        if reason is ExitReason.BOOT_FAILED or (reason is ExitReason.CRASHED and lived < MIN_UPTIME):
+        if child.killed_for_timeout is not None:
+            # We killed it for its task's sake; the child itself was healthy.
+            slot.failures = 0
+        elif reason is ExitReason.BOOT_FAILED or (reason is ExitReason.CRASHED and lived < MIN_UPTIME):
             slot.failures += 1
             slot.last_error = child.boot_error or slot.last_error
         else:

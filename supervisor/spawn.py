@@ -26,24 +26,29 @@ class Spawner:
     def __init__(self, close_in_child: Callable[[], None]) -> None:
         self.close_in_child = close_in_child
 
-    def spawn(self, spec: ChildSpec, start: str) -> tuple[int, int]:
-        """Start a child; returns its pid and the read end of its report pipe."""
+    def spawn(self, spec: ChildSpec, start: str) -> tuple[int, int, int]:
+        """Start a child; returns its pid, the read end of its report pipe and the write end
+        of its control pipe."""
         _prepare_fork()
-        read_fd, write_fd = os.pipe()
+        read_fd, write_fd = os.pipe()  # child -> supervisor: reports
+        control_r, control_w = os.pipe()  # supervisor -> child: timeout notices
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             try:
                 os.close(read_fd)
+                os.close(control_w)
                 prepare_after_fork(spec.parent_pid)
                 self.close_in_child()
                 if start == "exec":
-                    exec_child(spec, write_fd)
-                run_child(spec, write_fd)
+                    exec_child(spec, write_fd, control_r)
+                run_child(spec, write_fd, control_r)
             finally:
                 os._exit(CHILD_EXIT_CRASHED)
         os.close(write_fd)
+        os.close(control_r)
         os.set_blocking(read_fd, False)
-        return pid, read_fd
+        os.set_blocking(control_w, False)
+        return pid, read_fd, control_w
 
 
 def _prepare_fork() -> None:

@@ -27,6 +27,7 @@ CHILD_EXIT_ORPHANED = 75  # the supervisor was already gone when the child start
 
 _PR_SET_PDEATHSIG = 1
 _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
+TIMEOUT_SIGNAL = signal.SIGUSR1  # "raise TaskTimeout in the task named on the control pipe"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,22 +89,23 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(CHILD_EXIT_ORPHANED)
 
 
-def exec_child(spec: ChildSpec, report_fd: int) -> NoReturn:
+def exec_child(spec: ChildSpec, report_fd: int, control_fd: int) -> NoReturn:
     """Replace this forked process by a fresh interpreter running the same child."""
     os.set_inheritable(report_fd, True)
-    argv = [sys.executable, "-m", "task_supervisor.worker", spec.to_json(), str(report_fd)]
+    os.set_inheritable(control_fd, True)
+    argv = [sys.executable, "-m", "task_supervisor.worker", spec.to_json(), str(report_fd), str(control_fd)]
     try:
         os.execv(sys.executable, argv)
     finally:
         os._exit(CHILD_EXIT_BOOT_FAILED)
 
 
-def run_child(spec: ChildSpec, report_fd: int) -> NoReturn:
+def run_child(spec: ChildSpec, report_fd: int, control_fd: int) -> NoReturn:
     """Run db_worker in this process until it exits, then leave without running atexit hooks."""
     reporter = protocol.Reporter(report_fd)
     code = CHILD_EXIT_CRASHED
     try:
-        code = _serve(spec, reporter)
+        code = _serve(spec, reporter, control_fd)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
@@ -114,7 +116,7 @@ def run_child(spec: ChildSpec, report_fd: int) -> NoReturn:
         os._exit(code)
 
 
-def _serve(spec: ChildSpec, reporter: protocol.Reporter) -> int:
+def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int:
     from task_supervisor import compat, proctitle
 
     try:
@@ -123,7 +125,8 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter) -> int:
     except Exception as exc:  # a boot failure of any kind is reported in one line
         reporter.send(protocol.BOOT_FAILED, reason=_one_line(exc))
         return CHILD_EXIT_BOOT_FAILED
-    _hook_signals(backend, reporter, spec)
+    current = _hook_signals(backend, reporter, spec)
+    _accept_timeouts(control_fd, current)
     proctitle.set_title(f"task-supervisor: {spec.pool}[{spec.slot}] idle")
     reporter.send(protocol.READY, pid=os.getpid())
     command = backend.command_class()()
@@ -142,22 +145,61 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:500]
 
 
-def _hook_signals(backend: Any, reporter: protocol.Reporter, spec: ChildSpec) -> None:
+class CurrentTask:
+    """The task this child runs right now, as the framework's signals tell it."""
+
+    task_id: str | None = None
+    path: str = ""
+
+
+def _hook_signals(backend: Any, reporter: protocol.Reporter, spec: ChildSpec) -> CurrentTask:
     from task_supervisor import proctitle
+
+    current = CurrentTask()
 
     def started(sender: Any, task_result: Any, **kwargs: Any) -> None:
         path = _task_path(task_result)
+        current.task_id, current.path = str(task_result.id), path
         reporter.send(protocol.TASK_STARTED, task_id=str(task_result.id), path=path)
         proctitle.set_title(f"task-supervisor: {spec.pool}[{spec.slot}] {path} {task_result.id}")
 
     def finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
         status = getattr(task_result.status, "value", task_result.status)
+        current.task_id = None
         reporter.send(protocol.TASK_FINISHED, task_id=str(task_result.id), status=str(status))
         proctitle.set_title(f"task-supervisor: {spec.pool}[{spec.slot}] idle")
 
     # weak=False: the receivers are closures that nothing else keeps alive.
     backend.signals.task_started.connect(started, weak=False, dispatch_uid="task_supervisor_started")
     backend.signals.task_finished.connect(finished, weak=False, dispatch_uid="task_supervisor_finished")
+    return current
+
+
+def _accept_timeouts(control_fd: int, current: CurrentTask) -> None:
+    """SIGUSR1 + "timeout <task id> <seconds>" on the control pipe: raise TaskTimeout in the task.
+
+    The task id in the message makes a late signal harmless: if that task already finished,
+    nothing is raised in whatever runs now.
+    """
+    from task_supervisor.exceptions import TaskTimeout
+
+    os.set_blocking(control_fd, False)
+    pending = bytearray()
+
+    def on_timeout(signum: int, frame: Any) -> None:
+        try:
+            while chunk := os.read(control_fd, 4096):
+                pending.extend(chunk)
+        except (BlockingIOError, InterruptedError):
+            pass
+        *lines, rest = bytes(pending).split(b"\n")
+        pending[:] = rest
+        for line in lines:
+            _, task_id, seconds = line.decode().split(" ", 2)
+            if task_id == current.task_id:
+                raise TaskTimeout(f"Task {current.path} ran past its timeout of {seconds}s.")
+
+    signal.signal(TIMEOUT_SIGNAL, on_timeout)
 
 
 def _task_path(task_result: Any) -> str:
@@ -167,7 +209,7 @@ def _task_path(task_result: Any) -> str:
 
 def main(argv: list[str]) -> NoReturn:
     """Entry point of an exec'd child: ``python -m task_supervisor.worker SPEC REPORT_FD``."""
-    spec, report_fd = ChildSpec.from_json(argv[0]), int(argv[1])
+    spec, report_fd, control_fd = ChildSpec.from_json(argv[0]), int(argv[1]), int(argv[2])
     reporter = protocol.Reporter(report_fd)
     _die_with_parent(spec.parent_pid)
     try:
@@ -179,7 +221,7 @@ def main(argv: list[str]) -> NoReturn:
     except Exception as exc:
         reporter.send(protocol.BOOT_FAILED, reason=_one_line(exc))
         os._exit(CHILD_EXIT_BOOT_FAILED)
-    run_child(spec, report_fd)
+    run_child(spec, report_fd, control_fd)
 
 
 if __name__ == "__main__":

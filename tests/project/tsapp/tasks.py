@@ -59,3 +59,49 @@ def argv0() -> str:
     import sys
 
     return sys.argv[0]
+
+
+@task()
+def stubborn(seconds: float, marker: str = "") -> str:
+    """Catch TaskTimeout and keep sleeping: only the hard kill stops it."""
+    from task_supervisor import TaskTimeout
+
+    if marker:
+        Path(marker).write_text(str(os.getpid()))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(deadline - time.monotonic())
+        except TaskTimeout:
+            Path(marker + ".caught").write_text("caught")
+    return "survived"
+
+
+@task()
+def cleanup_on_timeout(seconds: float, marker: str) -> None:
+    """Catch TaskTimeout, clean up, and let it propagate."""
+    from task_supervisor import TaskTimeout
+
+    try:
+        time.sleep(seconds)
+    except TaskTimeout:
+        Path(marker).write_text("cleaned up")
+        raise
+
+
+@task()
+def segfault() -> None:
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+_HOARD: list[bytes] = []
+
+
+@task()
+def leak(megabytes: int, hold_seconds: float = 0.0) -> int:
+    """Keep memory alive after the task returns, the way a real leak does."""
+    _HOARD.append(os.urandom(megabytes * 2**20))
+    time.sleep(hold_seconds)
+    return len(_HOARD)

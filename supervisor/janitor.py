@@ -1,0 +1,178 @@
+"""The supervisor's database chores: lost rows, heartbeats, dead nodes.
+
+They run on the supervisor's loop between turns, each statement bounded (see recovery.bounded),
+and what fails is kept and retried with backoff: a database outage delays the chores, it never
+stalls the loop or loses a row to finish.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+
+from django.utils import timezone
+
+from task_supervisor import recovery
+from task_supervisor.compat import TaskBackend
+from task_supervisor.config import Config, PoolConfig
+from task_supervisor.recovery import LostTask
+
+log = logging.getLogger(__name__)
+
+RETRY_MIN = 0.5  # seconds before retrying chores after a database error
+RETRY_MAX = 10.0
+MAX_ITEMS_PER_TURN = 20  # lost rows finished per loop turn, so a burst cannot hog the loop
+
+
+class Janitor:
+    def __init__(self, config: Config, backends: dict[str, TaskBackend], clock: Callable[[], float]) -> None:
+        self.config = config
+        self.backends = backends
+        self.clock = clock
+        self.pending: collections.deque[tuple[TaskBackend, LostTask]] = collections.deque()
+        self.retry_at = 0.0
+        self.retry_delay = RETRY_MIN
+        self.next_beat = 0.0
+        self.started_at = timezone.now()
+        self.heartbeats = recovery.heartbeats_installed()
+        self.lost_total = 0
+        if not self.heartbeats:
+            log.warning(
+                "Node heartbeats and dead-node recovery are off: add 'task_supervisor' to INSTALLED_APPS "
+                "and run migrate to turn them on",
+                extra={"event": "heartbeats_off"},
+            )
+
+    @property
+    def node(self) -> str:
+        return self.config.supervisor.node
+
+    def distinct_backends(self) -> list[TaskBackend]:
+        seen: dict[tuple[str, str], TaskBackend] = {}
+        for backend in self.backends.values():
+            seen.setdefault((backend.package, backend.db_alias), backend)
+        return list(seen.values())
+
+    def pool_config(self, pool: str) -> PoolConfig:
+        return self.config.pools.get(pool) or PoolConfig(name=pool, queues=(pool,))
+
+    def backend_for(self, pool: str) -> TaskBackend:
+        return self.backends.get(pool) or next(iter(self.backends.values()))
+
+    def lost(self, pool: str, lost: LostTask) -> None:
+        self.pending.append((self.backend_for(pool), lost))
+
+    def lost_from_worker(self, worker_id: str, message: str) -> LostTask:
+        parsed = recovery.parse_worker_id(worker_id)
+        pool = self.pool_config(parsed[1] if parsed else "")
+        return LostTask(
+            worker_id=worker_id,
+            task_id=None,
+            message=message,
+            on_worker_lost=pool.on_worker_lost,
+            max_attempts=pool.max_attempts,
+        )
+
+    def recover_own(self, live_worker_ids: set[str]) -> None:
+        """Queue the RUNNING rows of this node's earlier incarnations (no live child has them)."""
+        self._recover_prefix(
+            f"{self.node}:",
+            live_worker_ids,
+            "The worker running this task ({worker_id}) was gone when its supervisor restarted on node "
+            f"{self.node}.",
+        )
+
+    def _recover_prefix(self, prefix: str, live_worker_ids: set[str], message: str) -> None:
+        for backend in self.distinct_backends():
+            for worker_id in sorted(recovery.running_worker_ids(backend, prefix) - live_worker_ids):
+                lost = self.lost_from_worker(worker_id, message.format(worker_id=worker_id))
+                self.pending.append((backend, lost))
+
+    def next_due(self) -> float | None:
+        moments = []
+        if self.pending:
+            moments.append(self.retry_at)
+        if self.heartbeats:
+            moments.append(self.next_beat)
+        return min(moments) if moments else None
+
+    def tick(self, now: float, live_worker_ids: set[str], pools: list[str]) -> None:
+        if now < self.retry_at:
+            return
+        try:
+            self._finish_pending()
+            if self.heartbeats and now >= self.next_beat:
+                self._beat(live_worker_ids, pools)
+                self.next_beat = now + self.beat_interval()
+        except Exception as exc:  # a database error of any driver: retry later
+            self._failed(now, exc)
+        else:
+            self.retry_delay = RETRY_MIN
+
+    def beat_interval(self) -> float:
+        return min(15.0, max(1.0, self.config.supervisor.node_timeout / 4))
+
+    def _failed(self, now: float, exc: Exception) -> None:
+        from django.db import connections
+
+        log.warning("Database chores failed, retrying in %.1fs: %s", self.retry_delay,
+                    " ".join(str(exc).split()) or type(exc).__name__, extra={"event": "db_error"})
+        for backend in self.distinct_backends():
+            connections[backend.db_alias].close()
+        self.retry_at = now + self.retry_delay
+        self.retry_delay = min(RETRY_MAX, self.retry_delay * 2)
+
+    def _finish_pending(self) -> None:
+        for _ in range(min(MAX_ITEMS_PER_TURN, len(self.pending))):
+            backend, lost = self.pending[0]
+            for outcome in recovery.finish(backend, lost):
+                self.lost_total += 1
+                level = logging.WARNING if outcome.status == "READY" else logging.ERROR
+                verb = "requeued" if outcome.status == "READY" else "marked FAILED"
+                log.log(level, "Task %s %s (attempt %d, %s): %s", outcome.task_id, verb, outcome.attempts,
+                        lost.exception_path.rsplit(".", 1)[-1], lost.message,
+                        extra={"event": "task_lost_handled", "task_id": outcome.task_id,
+                               "status": outcome.status})
+            self.pending.popleft()
+
+    def _beat(self, live_worker_ids: set[str], pools: list[str]) -> None:
+        backend = self.distinct_backends()[0]
+        recovery.beat(self.node, pools, self.started_at, backend)
+        for node in recovery.dead_nodes(self.config.supervisor.node_timeout, self.node):
+            log.warning("Node %s stopped sending heartbeats; recovering its running tasks", node,
+                        extra={"event": "dead_node", "node": node})
+            self._recover_prefix(
+                f"{node}:",
+                set(),
+                f"The worker running this task ({{worker_id}}) belonged to node {node}, whose supervisor "
+                f"stopped sending heartbeats for over {self.config.supervisor.node_timeout:.0f}s.",
+            )
+            while self.pending:
+                self._finish_pending()
+            # Only now, with every row of it finished: forget the node (unless it came back).
+            recovery.forget_node(node, only_if_older_than=self.config.supervisor.node_timeout)
+
+    def flush(self, deadline: float) -> None:
+        """At exit: finish what is pending while the deadline allows, and drop our heartbeat."""
+        while self.pending and self.clock() < deadline:
+            self.retry_at = 0.0
+            self.tick(self.clock(), set(), [])
+            if self.pending:
+                self._sleep_until(min(deadline, self.retry_at))
+        if self.pending:
+            log.error("%d lost tasks could not be recorded before exit; the next supervisor on node %s "
+                      "or any live node will recover them", len(self.pending), self.node,
+                      extra={"event": "lost_unrecorded"})
+        if self.heartbeats:
+            try:
+                recovery.forget_node(self.node)
+            except Exception as exc:
+                log.warning("Could not remove the heartbeat of node %s: %s", self.node, exc)
+
+    def _sleep_until(self, moment: float) -> None:
+        import time
+
+        delay = moment - self.clock()
+        if delay > 0:
+            time.sleep(delay)

@@ -1,0 +1,166 @@
+"""Finishing the rows of tasks whose worker died, and the node heartbeats that find them.
+
+Every row is finished by a conditional update inside a locked transaction: the row must still be
+RUNNING under the same worker id, so two supervisors racing for one row never both handle it,
+and a row that finished or was claimed again in the meantime is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from task_supervisor.compat import TaskBackend
+
+log = logging.getLogger(__name__)
+
+STATEMENT_TIMEOUT_MS = 2000  # the supervisor's own queries never hold its loop longer than this
+WORKER_LOST = "task_supervisor.WorkerLost"
+TASK_TIMEOUT = "task_supervisor.TaskTimeout"
+
+
+@dataclass(frozen=True, slots=True)
+class LostTask:
+    """A row to finish: the task a dead worker was running, and why it ended."""
+
+    worker_id: str
+    task_id: str | None  # None: find the row by worker id (it may have died before reporting)
+    message: str
+    exception_path: str = WORKER_LOST
+    on_worker_lost: str = "fail"  # "fail" or "requeue"
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    task_id: str
+    status: str  # "FAILED" or "READY"
+    attempts: int
+
+
+@contextlib.contextmanager
+def bounded(backend: TaskBackend) -> Iterator[None]:
+    """A transaction that cannot stall the supervisor: short lock waits, short statements."""
+    from django.db import connections
+
+    connection = connections[backend.db_alias]
+    utils = importlib.import_module(f"{backend.package}.utils")
+    with utils.exclusive_transaction(backend.db_alias):
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
+                cursor.execute(f"SET LOCAL lock_timeout = {STATEMENT_TIMEOUT_MS}")
+        yield
+
+
+def set_sqlite_busy_timeout(backend: TaskBackend) -> None:
+    from django.db import connections
+
+    connection = connections[backend.db_alias]
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute(f"PRAGMA busy_timeout = {STATEMENT_TIMEOUT_MS}")
+
+
+def finish(backend: TaskBackend, lost: LostTask) -> list[Outcome]:
+    """Finish the RUNNING rows whose last worker is ``lost.worker_id``; returns what was done."""
+    set_sqlite_busy_timeout(backend)
+    model = backend.model
+    outcomes = []
+    with bounded(backend):
+        rows = model.objects.select_for_update().filter(status="RUNNING")
+        if lost.task_id is not None:
+            rows = rows.filter(id=lost.task_id)
+        for row in rows.only("id", "worker_ids", "status"):
+            if not row.worker_ids or row.worker_ids[-1] != lost.worker_id:
+                continue
+            outcomes.append(_finish_row(backend, row, lost))
+    return outcomes
+
+
+def _finish_row(backend: TaskBackend, row: Any, lost: LostTask) -> Outcome:
+    from django.utils import timezone
+
+    attempts = len(row.worker_ids)
+    requeue = lost.exception_path == WORKER_LOST and lost.on_worker_lost == "requeue"
+    if requeue and attempts < lost.max_attempts:
+        backend.model.objects.filter(id=row.id, status="RUNNING").update(status="READY", finished_at=None)
+        return Outcome(str(row.id), "READY", attempts)
+    message = lost.message
+    if requeue:
+        message += f" It was not requeued again: {attempts} of max_attempts {lost.max_attempts} attempts used."
+    name = lost.exception_path
+    backend.model.objects.filter(id=row.id, status="RUNNING").update(
+        status="FAILED",
+        finished_at=timezone.now(),
+        return_value=None,
+        exception_class_path=name,
+        traceback=f"{name}: {message}\n",
+    )
+    return Outcome(str(row.id), "FAILED", attempts)
+
+
+def running_worker_ids(backend: TaskBackend, prefix: str) -> set[str]:
+    """Worker ids starting with ``prefix`` that RUNNING rows were last claimed by."""
+    set_sqlite_busy_timeout(backend)
+    with bounded(backend):
+        rows = backend.model.objects.filter(status="RUNNING").values_list("worker_ids", flat=True)
+        return {ids[-1] for ids in rows if ids and str(ids[-1]).startswith(prefix)}
+
+
+def heartbeats_installed() -> bool:
+    from django.apps import apps
+
+    return apps.is_installed("task_supervisor")
+
+
+def beat(node: str, pools: list[str], started_at: Any, backend: TaskBackend) -> None:
+    """Record that this node is alive (one row per node)."""
+    from django.utils import timezone
+
+    from task_supervisor.models import NodeHeartbeat
+
+    set_sqlite_busy_timeout(backend)
+    with bounded(backend):
+        NodeHeartbeat.objects.update_or_create(
+            node=node,
+            defaults={"pid": os.getpid(), "pools": pools, "started_at": started_at, "last_seen": timezone.now()},
+        )
+
+
+def dead_nodes(node_timeout: float, me: str) -> list[str]:
+    """Nodes whose heartbeat is older than ``node_timeout`` seconds (wall clocks kept by NTP)."""
+    from django.utils import timezone
+
+    from task_supervisor.models import NodeHeartbeat
+
+    threshold = timezone.now() - timedelta(seconds=node_timeout)
+    return list(
+        NodeHeartbeat.objects.filter(last_seen__lt=threshold).exclude(node=me).values_list("node", flat=True)
+    )
+
+
+def forget_node(node: str, only_if_older_than: float | None = None) -> None:
+    """Remove a node's heartbeat row (its own at a clean exit, or a dead one's once recovered)."""
+    from django.utils import timezone
+
+    from task_supervisor.models import NodeHeartbeat
+
+    rows = NodeHeartbeat.objects.filter(node=node)
+    if only_if_older_than is not None:
+        rows = rows.filter(last_seen__lt=timezone.now() - timedelta(seconds=only_if_older_than))
+    rows.delete()
+
+
+def parse_worker_id(worker_id: str) -> tuple[str, str] | None:
+    """(node, pool) of a ``node:pool:slot:generation`` worker id, or None if it is not ours."""
+    parts = worker_id.rsplit(":", 3)
+    if len(parts) != 4 or not parts[2].isdigit() or not parts[3].isdigit():
+        return None
+    return parts[0], parts[1]
