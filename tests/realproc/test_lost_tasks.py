@@ -179,10 +179,11 @@ def test_a_restarted_supervisor_recovers_what_a_killed_one_left(supervisor, db, 
     os.kill(int(marker.read_text()), signal.SIGKILL)  # the pod is gone, child and all
     first.wait_exit()
     assert row(result).status == "RUNNING"
-    second = supervisor(config_toml(ONE_POOL + 'on_worker_lost = "requeue"\n'))
-    done = wait_finished(result, "SUCCESSFUL", timeout=90)
-    assert len(done.worker_ids) == 2
-    assert "requeued" in second.log()
+    second = supervisor(config_toml(ONE_POOL))
+    failed = wait_finished(result)
+    assert failed.exception_class_path == LOST_CLASS
+    assert "gone when its supervisor restarted" in failed.traceback
+    assert "marked FAILED" in second.log()
 
 
 def stale_heartbeat(node: str) -> None:
