@@ -1,0 +1,28 @@
+"""Counters and gauges the loop keeps as things happen; metrics and status read them."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Stats:
+    # (pool, reason) -> count; reason is an ExitReason value: stopped, recycled, boot_failed, crashed
+    restarts: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    # pool -> count
+    tasks_started: collections.Counter[str] = field(default_factory=collections.Counter)
+    # (pool, status) -> count; status as the framework reports it (SUCCESSFUL, FAILED, ...)
+    tasks_finished: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    # (pool, kind) -> count; kind "soft" (TaskTimeout raised) or "hard" (child killed)
+    timeouts: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    # (pool, outcome) -> count; outcome "failed" or "requeued"
+    lost_tasks: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    # (pool, direction) -> count; direction "up" or "down"
+    scale_events: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    # queue -> READY tasks that may run now, and age in seconds of the oldest of them
+    queue_depth: dict[str, int] = field(default_factory=dict)
+    oldest_ready_age: dict[str, float] = field(default_factory=dict)
+    # schedule -> slots fired; and the lag in seconds of the latest firing
+    slots_fired: collections.Counter[str] = field(default_factory=collections.Counter)
+    slot_lag: dict[str, float] = field(default_factory=dict)
