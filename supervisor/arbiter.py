@@ -23,6 +23,7 @@ from task_supervisor import exitcodes, signals
 from task_supervisor.child import Child, ChildState, ExitReason, describe_status
 from task_supervisor.compat import TaskBackend
 from task_supervisor.janitor import Janitor
+from task_supervisor.notify import ReadyListener
 from task_supervisor.recovery import TASK_TIMEOUT, LostTask
 from task_supervisor.config import Config, ConfigError, PoolConfig, load_config
 from task_supervisor.pool import Pool, Slot, recycle_after
@@ -70,6 +71,7 @@ class Supervisor:
         self.stop_deadline: float | None = None
         self.started_at = clock()
         self.janitor = Janitor(config, backends, clock) if backends else None
+        self.listeners = _listeners(backends or {})
         self.next_memory_check = 0.0
 
     # -- life cycle ------------------------------------------------------------------------
@@ -93,6 +95,7 @@ class Supervisor:
                 now = self.clock()
                 self.enforce_deadlines(now)
                 self.watch_memory(now)
+                self.listen(now)
                 if self.janitor is not None:
                     self.janitor.tick(now, self.live_worker_ids(), list(self.pools))
                 if self.phase is Phase.RUNNING:
@@ -116,6 +119,8 @@ class Supervisor:
                 time.sleep(0.01)
         if self.janitor is not None:
             self.janitor.flush(self.clock() + EXIT_FLUSH_TIME)
+        for listener in self.listeners:
+            listener.close()
         self.signals.uninstall()
         self.selector.close()
         self.signals.close()
@@ -127,6 +132,9 @@ class Supervisor:
             _close(child.control_fd)
         for fd in self.signals.fds():
             _close(fd)
+        for listener in self.listeners:
+            if (fd := listener.fileno()) is not None:
+                _close(fd)
         try:
             self.selector.close()
         except OSError:
@@ -142,6 +150,11 @@ class Supervisor:
         moments += [t for c in self.children.values() if (t := self.timeout_moment(c)) is not None]
         if self.janitor is not None and (due := self.janitor.next_due()) is not None:
             moments.append(due)
+        for listener in self.listeners:
+            if (later := listener.next_due_in()) is not None:
+                moments.append(now + later)
+            if listener.conn is None:
+                moments.append(listener.retry_at)
         if self.stop_deadline is not None:
             moments.append(self.stop_deadline)
         if self.phase is Phase.RUNNING:
@@ -152,8 +165,14 @@ class Supervisor:
         for key, _ in self.selector.select(timeout):
             if key.data is None:
                 self.signals.drain_wakeups()
-            else:
+            elif isinstance(key.data, Child):
                 self.read_reports(key.data)
+            elif isinstance(key.data, ReadyListener):
+                fd = key.fd
+                for queue in key.data.read():
+                    self.wake_one(queue, self.clock())
+                if key.data.conn is None:
+                    self.selector.unregister(fd)
 
     def read_reports(self, child: Child) -> None:
         """Read what a child said; at EOF stop watching its pipe."""
@@ -193,6 +212,28 @@ class Supervisor:
         if child.task is not None and child.task is not before:
             log.debug("Child pid=%s started task %s", child.pid, child.task.task_id,
                       extra={**extra, "event": "task_started", "task_id": child.task.task_id})
+
+    def listen(self, now: float) -> None:
+        """Keep the LISTEN connections up, and wake children for tasks whose run_after came."""
+        if self.phase is not Phase.RUNNING:
+            return
+        for listener in self.listeners:
+            if listener.conn is None and listener.connect(now):
+                self.selector.register(listener.fileno(), selectors.EVENT_READ, listener)
+            for queue in listener.due():
+                self.wake_one(queue, now)
+
+    def wake_one(self, queue: str, now: float) -> None:
+        """Wake the idle child of a pool serving ``queue`` that was woken least recently."""
+        idle = [
+            child
+            for pool in self.pools.values()
+            if queue in pool.config.queues or "*" in pool.config.queues
+            for child in pool.children()
+            if child.state is ChildState.IDLE
+        ]
+        if idle:
+            min(idle, key=lambda c: c.woken_at).wake(now)
 
     def unwatch(self, child: Child) -> None:
         try:
@@ -336,6 +377,7 @@ class Supervisor:
             parent_pid=self.pid,
             settings=self.config.django.settings,
             pythonpath=tuple(self.config.pythonpath_dirs()),
+            persistent_connections=pool.persistent_connections,
         )
 
     def manage_pools(self, now: float) -> None:
@@ -491,6 +533,17 @@ class Supervisor:
     def detach(self, child: Child) -> None:
         """The child no longer fills a slot; when it exits nothing replaces it."""
         self.slot_of.pop(child.pid, None)
+
+
+def _listeners(backends: dict[str, TaskBackend]) -> list[ReadyListener]:
+    """One LISTEN connection per PostgreSQL database the pools use."""
+    from django.db import connections
+
+    seen: dict[str, TaskBackend] = {}
+    for backend in backends.values():
+        if connections[backend.db_alias].vendor == "postgresql":
+            seen.setdefault(backend.db_alias, backend)
+    return [ReadyListener(backend) for backend in seen.values()]
 
 
 def _same_but_size(old: PoolConfig, new: PoolConfig) -> bool:

@@ -9,8 +9,8 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from task_supervisor import protocol
-from task_supervisor.worker import CHILD_EXIT_BOOT_FAILED, TIMEOUT_SIGNAL, ChildSpec
+from task_supervisor import childcontrol, protocol
+from task_supervisor.worker import CHILD_EXIT_BOOT_FAILED, ChildSpec
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class Child:
         self.timed_out: RunningTask | None = None  # the task told to raise TaskTimeout
         self.killed_for_timeout: RunningTask | None = None
         self.recycle_after_task = False  # passed max_memory while busy
+        self.woken_at = 0.0  # monotonic time of the last wake sent
 
     def __repr__(self) -> str:
         return f"<Child {self.spec.worker_id} pid={self.pid} {self.state.value}>"
@@ -143,11 +144,13 @@ class Child:
         task = self.task
         assert task is not None and task.timeout is not None
         self.timed_out = task
-        try:
-            os.write(self.control_fd, f"timeout {task.task_id} {task.timeout:g}\n".encode())
-        except OSError:
-            return  # the child is gone; the reaper will see it
-        self.signal(TIMEOUT_SIGNAL)
+        if childcontrol.send_timeout(self.control_fd, task.task_id, task.timeout):
+            self.signal(childcontrol.TIMEOUT_SIGNAL)
+
+    def wake(self, now: float) -> None:
+        """Cut its wait between polls short: a task is READY for it."""
+        self.woken_at = now
+        childcontrol.send_wake(self.control_fd)
 
     def kill(self) -> None:
         self.killed = True

@@ -115,6 +115,7 @@ class PoolConfig:
     max_memory: int | None = None  # bytes
     on_worker_lost: str = "fail"
     max_attempts: int = 3
+    persistent_connections: bool = True  # children keep their database connection across tasks
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +277,7 @@ def _read_pool(name: str, table: Any, problems: list[str]) -> PoolConfig | None:
             "on_worker_lost", "fail", _choice(ON_WORKER_LOST), '"fail" or "requeue"'
         ),
         max_attempts=r.get("max_attempts", 3, _positive_int, "an integer of at least 1"),
+        persistent_connections=r.get("persistent_connections", True, _as_bool, "true or false"),
     )
     r.finish()
     return pool

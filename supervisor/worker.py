@@ -9,6 +9,7 @@ supervisor knows at every moment which task each child runs, then hands over to 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, NoReturn
 
 from task_supervisor import protocol
+from task_supervisor.childcontrol import ControlChannel, CurrentTask
 
 # Exit codes of a child; the supervisor reads them to tell a boot failure from a crash.
 CHILD_EXIT_OK = 0
@@ -27,7 +29,6 @@ CHILD_EXIT_ORPHANED = 75  # the supervisor was already gone when the child start
 
 _PR_SET_PDEATHSIG = 1
 _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
-TIMEOUT_SIGNAL = signal.SIGUSR1  # "raise TaskTimeout in the task named on the control pipe"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ class ChildSpec:
     parent_pid: int
     settings: str
     pythonpath: tuple[str, ...]
+    persistent_connections: bool = True
 
     def db_worker_argv(self) -> list[str]:
         argv = [
@@ -121,17 +123,31 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
 
     try:
         backend = compat.resolve(spec.backend)
+        if spec.persistent_connections:
+            _keep_connections(backend.db_alias)
         _check_database(backend)
     except Exception as exc:  # a boot failure of any kind is reported in one line
         reporter.send(protocol.BOOT_FAILED, reason=_one_line(exc))
         return CHILD_EXIT_BOOT_FAILED
     current = _hook_signals(backend, reporter, spec)
-    _accept_timeouts(control_fd, current)
+    worker_module = importlib.import_module(backend.worker_command)
+    ControlChannel(control_fd, current).install(worker_module)
     proctitle.set_title(f"task-supervisor: {spec.pool}[{spec.slot}] idle")
     reporter.send(protocol.READY, pid=os.getpid())
-    command = backend.command_class()()
+    command = worker_module.Command()
     command.run_from_argv(["task-supervisor", "db_worker", *spec.db_worker_argv()])
     return CHILD_EXIT_OK
+
+
+def _keep_connections(alias: str) -> None:
+    """A child is long-lived: keep its connection across tasks, checked before reuse.
+
+    db_worker closes and reopens the connection around every task under Django's default
+    CONN_MAX_AGE = 0; on PostgreSQL that costs more than a short task itself.
+    """
+    from django.db import connections
+
+    connections[alias].settings_dict.update(CONN_MAX_AGE=None, CONN_HEALTH_CHECKS=True)
 
 
 def _check_database(backend: Any) -> None:
@@ -143,13 +159,6 @@ def _check_database(backend: Any) -> None:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:500]
-
-
-class CurrentTask:
-    """The task this child runs right now, as the framework's signals tell it."""
-
-    task_id: str | None = None
-    path: str = ""
 
 
 def _hook_signals(backend: Any, reporter: protocol.Reporter, spec: ChildSpec) -> CurrentTask:
@@ -173,33 +182,6 @@ def _hook_signals(backend: Any, reporter: protocol.Reporter, spec: ChildSpec) ->
     backend.signals.task_started.connect(started, weak=False, dispatch_uid="task_supervisor_started")
     backend.signals.task_finished.connect(finished, weak=False, dispatch_uid="task_supervisor_finished")
     return current
-
-
-def _accept_timeouts(control_fd: int, current: CurrentTask) -> None:
-    """SIGUSR1 + "timeout <task id> <seconds>" on the control pipe: raise TaskTimeout in the task.
-
-    The task id in the message makes a late signal harmless: if that task already finished,
-    nothing is raised in whatever runs now.
-    """
-    from task_supervisor.exceptions import TaskTimeout
-
-    os.set_blocking(control_fd, False)
-    pending = bytearray()
-
-    def on_timeout(signum: int, frame: Any) -> None:
-        try:
-            while chunk := os.read(control_fd, 4096):
-                pending.extend(chunk)
-        except (BlockingIOError, InterruptedError):
-            pass
-        *lines, rest = bytes(pending).split(b"\n")
-        pending[:] = rest
-        for line in lines:
-            _, task_id, seconds = line.decode().split(" ", 2)
-            if task_id == current.task_id:
-                raise TaskTimeout(f"Task {current.path} ran past its timeout of {seconds}s.")
-
-    signal.signal(TIMEOUT_SIGNAL, on_timeout)
 
 
 def _task_path(task_result: Any) -> str:
