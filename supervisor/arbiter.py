@@ -24,7 +24,8 @@ from task_supervisor.child import Child, ChildState, ExitReason, describe_status
 from task_supervisor.compat import TaskBackend
 from task_supervisor.janitor import Janitor
 from task_supervisor.notify import ReadyListener
-from task_supervisor.recovery import TASK_TIMEOUT, LostTask
+from task_supervisor.recovery import TASK_TIMEOUT, FailedTask, LostTask
+from task_supervisor.stats import Stats
 from task_supervisor.config import Config, ConfigError, PoolConfig, load_config
 from task_supervisor.pool import Pool, Slot, recycle_after
 from task_supervisor.spawn import Spawner
@@ -70,7 +71,8 @@ class Supervisor:
         self.spawner = Spawner(self.close_in_child)
         self.stop_deadline: float | None = None
         self.started_at = clock()
-        self.janitor = Janitor(config, backends, clock) if backends else None
+        self.stats = Stats()
+        self.janitor = Janitor(config, backends, clock, self.stats, self.rng) if backends else None
         self.listeners = _listeners(backends or {})
         self.next_memory_check = 0.0
 
@@ -199,7 +201,16 @@ class Supervisor:
     def on_message(self, child: Child, message: dict, now: float, wall: float) -> None:
         before = child.task
         child.handle_message(message, now, wall, self.timeout_for(child.spec.pool))
-        if message.get("event") == "task_finished" and child.recycle_after_task:
+        event, pool = message.get("event"), child.spec.pool
+        if event == "task_started":
+            self.stats.tasks_started[pool] += 1
+        elif event == "task_finished":
+            status = str(message.get("status", ""))
+            self.stats.tasks_finished[(pool, status)] += 1
+            if status == "FAILED" and before is not None and self.janitor is not None:
+                failed = FailedTask(child.spec.worker_id, before.task_id, before.path, str(message.get("exception", "")))
+                self.janitor.failed(pool, failed)
+        if event == "task_finished" and child.recycle_after_task:
             log.info("Child %s passed max_memory; recycling it after its task", child.spec.worker_id,
                      extra={**child.log_extra, "event": "child_recycle_memory"})
             child.request_stop(now, self.config.supervisor.graceful_timeout)
@@ -294,6 +305,7 @@ class Supervisor:
         if child.task is not None or os.waitstatus_to_exitcode(status) != 0:
             self.task_lost(child, how)
         self.successor.pop(child.pid, None)
+        self.stats.restarts[(child.spec.pool, reason.value)] += 1
         pool_slot = self.slot_of.pop(child.pid, None)
         if pool_slot is not None and pool_slot[1].child is child:
             pool, slot = pool_slot
@@ -414,11 +426,13 @@ class Supervisor:
                 log.warning("Task %s (%s) ran past its timeout of %gs; raising TaskTimeout in it",
                             task.task_id, task.path, task.timeout, extra={**extra, "event": "task_timeout"})
                 child.tell_timeout()
+                self.stats.timeouts[(child.spec.pool, "soft")] += 1
             else:
                 log.error("Task %s (%s) did not stop after TaskTimeout; killing child pid=%s",
                           task.task_id, task.path, child.pid, extra={**extra, "event": "task_timeout_kill"})
                 child.killed_for_timeout = task
                 child.kill()
+                self.stats.timeouts[(child.spec.pool, "hard")] += 1
 
     def watch_memory(self, now: float) -> None:
         """Recycle children past their pool's max_memory: idle ones now, busy ones after the task."""

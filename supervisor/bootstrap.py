@@ -64,6 +64,18 @@ def resolve_backends(config: Config) -> dict[str, compat.TaskBackend]:
     return backends
 
 
+def check_retries(config: Config, backends: dict[str, compat.TaskBackend]) -> None:
+    """[retries] names tasks that import and exception classes that exist."""
+    from task_supervisor import retry
+
+    framework = next(iter(backends.values())).framework if backends else "django.tasks"
+    task_class = getattr(importlib.import_module(framework), "Task", None)
+    problems = retry.problems(config.retries, task_class)
+    problems += retry.pool_problems({name: pool.retries for name, pool in config.pools.items()})
+    if problems:
+        raise StartupError(exitcodes.EX_CONFIG, "\n".join(problems))
+
+
 def check_database(backends: dict[str, compat.TaskBackend]) -> None:
     """Every database a pool uses answers and has the task results table."""
     from django.db import DatabaseError, connections

@@ -53,6 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         bootstrap.setup_django(config)
         setup_logging()
         backends = bootstrap.resolve_backends(config)
+        bootstrap.check_retries(config, backends)
         bootstrap.check_database(backends)
     except bootstrap.StartupError as exc:
         return _fail(exc.code, str(exc))
@@ -81,9 +82,14 @@ def check_problems(config: Config) -> list[str]:
     except bootstrap.StartupError as exc:
         return [str(exc)]
     problems: list[str] = []
+    backends = {}
     try:
         backends = bootstrap.resolve_backends(config)
         bootstrap.check_database(backends)
+    except bootstrap.StartupError as exc:
+        problems += str(exc).splitlines()
+    try:
+        bootstrap.check_retries(config, backends)
     except bootstrap.StartupError as exc:
         problems += str(exc).splitlines()
     return problems

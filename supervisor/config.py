@@ -101,6 +101,21 @@ class SupervisorConfig:
     node_timeout: float = 60.0  # seconds
 
 
+BACKOFFS = ("exponential", "fixed")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """[retries."dotted.path"] or [pools.NAME.retries]: another try for a failed task."""
+
+    max_attempts: int = 3  # attempts in all, the first included
+    backoff: str = "exponential"
+    delay: float = 10.0  # seconds before the first retry; doubles with exponential
+    max_delay: float = 3600.0  # seconds
+    jitter: bool = True
+    on: tuple[str, ...] = ()  # exception class paths; empty: any exception
+
+
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
     name: str
@@ -116,6 +131,7 @@ class PoolConfig:
     on_worker_lost: str = "fail"
     max_attempts: int = 3
     persistent_connections: bool = True  # children keep their database connection across tasks
+    retries: RetryPolicy | None = None  # the pool-wide default retry policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +147,14 @@ class Config:
     pools: dict[str, PoolConfig] = field(default_factory=dict)
     task_timeouts: dict[str, float] = field(default_factory=dict)
     scheduler: SchedulerConfig = SchedulerConfig()
+    retries: dict[str, RetryPolicy] = field(default_factory=dict)
+
+    def retry_policy(self, pool: str, task_path: str) -> RetryPolicy | None:
+        """The task's own policy, else its pool's default, else none."""
+        if task_path in self.retries:
+            return self.retries[task_path]
+        pool_config = self.pools.get(pool)
+        return pool_config.retries if pool_config else None
 
     def pythonpath_dirs(self) -> list[str]:
         """The pythonpath entries as absolute paths, relative ones taken from the config's folder."""
@@ -278,9 +302,37 @@ def _read_pool(name: str, table: Any, problems: list[str]) -> PoolConfig | None:
         ),
         max_attempts=r.get("max_attempts", 3, _positive_int, "an integer of at least 1"),
         persistent_connections=r.get("persistent_connections", True, _as_bool, "true or false"),
+        retries=r.get("retries", None, lambda v: _read_retry(v, f"{path}.retries", problems), "a table"),
     )
     r.finish()
     return pool
+
+
+def _read_retry(table: Any, path: str, problems: list[str]) -> RetryPolicy:
+    if not isinstance(table, dict):
+        raise TypeError("")
+    r = _Reader(table, path, problems)
+    policy = RetryPolicy(
+        max_attempts=r.get("max_attempts", 3, _positive_int, "an integer of at least 1"),
+        backoff=r.get("backoff", "exponential", _choice(BACKOFFS), '"exponential" or "fixed"'),
+        delay=r.get("delay", 10.0, parse_duration, "a duration"),
+        max_delay=r.get("max_delay", 3600.0, parse_duration, "a duration"),
+        jitter=r.get("jitter", True, _as_bool, "true or false"),
+        on=r.get("on", (), _as_str_list, "a list of exception class paths"),
+    )
+    r.finish()
+    return policy
+
+
+def _read_retries(table: dict[str, Any], problems: list[str]) -> dict[str, RetryPolicy]:
+    policies = {}
+    for task_path, value in table.items():
+        path = f'retries."{task_path}"'
+        if not isinstance(value, dict):
+            problems.append(f'{path} must be a table such as [retries."{task_path}"], got {value!r}.')
+            continue
+        policies[task_path] = _read_retry(value, path, problems)
+    return policies
 
 
 def _read_task_timeouts(table: Any, problems: list[str]) -> dict[str, float]:
@@ -294,7 +346,7 @@ def _read_task_timeouts(table: Any, problems: list[str]) -> dict[str, float]:
 
 
 def _tables(data: dict[str, Any], problems: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    for name in ("django", "supervisor", "pools", "task_timeouts", "scheduler"):
+    for name in ("django", "supervisor", "pools", "task_timeouts", "retries", "scheduler"):
         value = data.get(name, {})
         if not isinstance(value, dict):
             problems.append(f"{name} must be a table such as [{name}], got {value!r}.")
@@ -356,6 +408,7 @@ def config_from_dict(data: dict[str, Any], file: Path) -> Config:
             )
 
     task_timeouts = _read_task_timeouts(tables["task_timeouts"], problems)
+    retries = _read_retries(tables["retries"], problems)
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -364,5 +417,6 @@ def config_from_dict(data: dict[str, Any], file: Path) -> Config:
         supervisor=supervisor,
         pools=pools,
         task_timeouts=task_timeouts,
+        retries=retries,
         scheduler=scheduler,
     )

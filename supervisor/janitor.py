@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import random
 from collections.abc import Callable
 
 from django.utils import timezone
@@ -16,7 +17,8 @@ from django.utils import timezone
 from task_supervisor import recovery
 from task_supervisor.compat import TaskBackend
 from task_supervisor.config import Config, PoolConfig
-from task_supervisor.recovery import LostTask
+from task_supervisor.recovery import FailedTask, LostTask, Outcome
+from task_supervisor.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +28,22 @@ MAX_ITEMS_PER_TURN = 20  # lost rows finished per loop turn, so a burst cannot h
 
 
 class Janitor:
-    def __init__(self, config: Config, backends: dict[str, TaskBackend], clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        backends: dict[str, TaskBackend],
+        clock: Callable[[], float],
+        stats: Stats | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
         self.backends = backends
         self.clock = clock
-        self.pending: collections.deque[tuple[TaskBackend, LostTask]] = collections.deque()
+        self.stats = stats or Stats()
+        self.rng = rng or random.Random()
+        self.pending: collections.deque[tuple[TaskBackend, LostTask | FailedTask]] = collections.deque()
+        # task id -> (path, attempts so far, when it runs again), for status
+        self.retries_scheduled: dict[str, tuple[str, int, str]] = {}
         self.retry_at = 0.0
         self.retry_delay = RETRY_MIN
         self.next_beat = 0.0
@@ -62,6 +75,11 @@ class Janitor:
 
     def lost(self, pool: str, lost: LostTask) -> None:
         self.pending.append((self.backend_for(pool), lost))
+
+    def failed(self, pool: str, failed: FailedTask) -> None:
+        """A child reported a task FAILED; retry it if a policy covers it."""
+        if self.config.retry_policy(pool, failed.path) is not None:
+            self.pending.append((self.backend_for(pool), failed))
 
     def lost_from_worker(self, worker_id: str, message: str) -> LostTask:
         parsed = recovery.parse_worker_id(worker_id)
@@ -125,16 +143,47 @@ class Janitor:
 
     def _finish_pending(self) -> None:
         for _ in range(min(MAX_ITEMS_PER_TURN, len(self.pending))):
-            backend, lost = self.pending[0]
-            for outcome in recovery.finish(backend, lost):
-                self.lost_total += 1
-                level = logging.WARNING if outcome.status == "READY" else logging.ERROR
-                verb = "requeued" if outcome.status == "READY" else "marked FAILED"
-                log.log(level, "Task %s %s (attempt %d, %s): %s", outcome.task_id, verb, outcome.attempts,
-                        lost.exception_path.rsplit(".", 1)[-1], lost.message,
-                        extra={"event": "task_lost_handled", "task_id": outcome.task_id,
-                               "status": outcome.status})
+            backend, item = self.pending[0]
+            parsed = recovery.parse_worker_id(item.worker_id)
+            pool = parsed[1] if parsed else ""
+            if isinstance(item, LostTask):
+                policy_for = lambda path, pool=pool: self.config.retry_policy(pool, path)  # noqa: E731
+                for outcome in recovery.finish(backend, item, policy_for, self.rng):
+                    self._lost_handled(pool, item, outcome)
+            else:
+                policy = self.config.retry_policy(pool, item.path)
+                outcome = recovery.retry_failed(backend, item, policy, self.rng) if policy else None
+                if outcome is not None:
+                    self._retry_handled(pool, item.exception_path, outcome)
             self.pending.popleft()
+
+    def _lost_handled(self, pool: str, lost: LostTask, outcome: Outcome) -> None:
+        self.lost_total += 1
+        self.stats.lost_tasks[(pool, "requeued" if outcome.status == "READY" else "failed")] += 1
+        if outcome.run_after is not None or outcome.last_attempt:
+            self._retry_handled(pool, lost.exception_path, outcome)
+        level = logging.WARNING if outcome.status == "READY" else logging.ERROR
+        verb = "requeued" if outcome.status == "READY" else "marked FAILED"
+        log.log(level, "Task %s %s (attempt %d, %s): %s", outcome.task_id, verb, outcome.attempts,
+                lost.exception_path.rsplit(".", 1)[-1], lost.message,
+                extra={"event": "task_lost_handled", "task_id": outcome.task_id, "status": outcome.status,
+                       "pool": pool})
+
+    def _retry_handled(self, pool: str, exception_path: str, outcome: Outcome) -> None:
+        extra = {"task_id": outcome.task_id, "pool": pool, "attempt": outcome.attempts}
+        if outcome.last_attempt:
+            self.stats.retries[(pool, "exhausted")] += 1
+            self.retries_scheduled.pop(outcome.task_id, None)
+            log.error("Task %s (%s) failed with %s on its last attempt (%d); it stays FAILED",
+                      outcome.task_id, outcome.path, exception_path, outcome.attempts,
+                      extra={**extra, "event": "retry_exhausted"})
+        elif outcome.run_after is not None:
+            self.stats.retries[(pool, "scheduled")] += 1
+            when = outcome.run_after.isoformat()
+            self.retries_scheduled[outcome.task_id] = (outcome.path, outcome.attempts, when)
+            log.warning("Task %s (%s) failed with %s on attempt %d; retrying at %s", outcome.task_id,
+                        outcome.path, exception_path, outcome.attempts, when,
+                        extra={**extra, "event": "retry_scheduled"})
 
     def _beat(self, live_worker_ids: set[str], pools: list[str]) -> None:
         backend = self.distinct_backends()[0]

@@ -11,12 +11,17 @@ import contextlib
 import importlib
 import logging
 import os
-from collections.abc import Iterator
+import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from task_supervisor.compat import TaskBackend
+from task_supervisor.config import RetryPolicy
+from task_supervisor.retry import matches, retry_delay
+
+PolicyFor = Callable[[str], "RetryPolicy | None"]  # task path -> its retry policy
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +43,23 @@ class LostTask:
 
 
 @dataclass(frozen=True, slots=True)
+class FailedTask:
+    """A task its child reported FAILED: retried if its policy says so."""
+
+    worker_id: str
+    task_id: str
+    path: str
+    exception_path: str
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     task_id: str
     status: str  # "FAILED" or "READY"
     attempts: int
+    path: str = ""
+    run_after: datetime | None = None  # set when retried later
+    last_attempt: bool = False  # a retry policy applied but its attempts ran out
 
 
 @contextlib.contextmanager
@@ -68,7 +86,7 @@ def set_sqlite_busy_timeout(backend: TaskBackend) -> None:
             cursor.execute(f"PRAGMA busy_timeout = {STATEMENT_TIMEOUT_MS}")
 
 
-def finish(backend: TaskBackend, lost: LostTask) -> list[Outcome]:
+def finish(backend: TaskBackend, lost: LostTask, policy_for: PolicyFor, rng: random.Random) -> list[Outcome]:
     """Finish the RUNNING rows whose last worker is ``lost.worker_id``; returns what was done."""
     set_sqlite_busy_timeout(backend)
     model = backend.model
@@ -77,23 +95,29 @@ def finish(backend: TaskBackend, lost: LostTask) -> list[Outcome]:
         rows = model.objects.select_for_update().filter(status="RUNNING")
         if lost.task_id is not None:
             rows = rows.filter(id=lost.task_id)
-        for row in rows.only("id", "worker_ids", "status"):
+        for row in rows.only("id", "worker_ids", "status", "task_path"):
             if not row.worker_ids or row.worker_ids[-1] != lost.worker_id:
                 continue
-            outcomes.append(_finish_row(backend, row, lost))
+            outcomes.append(_finish_row(backend, row, lost, policy_for(row.task_path), rng))
     return outcomes
 
 
-def _finish_row(backend: TaskBackend, row: Any, lost: LostTask) -> Outcome:
+def _finish_row(backend: TaskBackend, row: Any, lost: LostTask, policy: RetryPolicy | None,
+                rng: random.Random) -> Outcome:
     from django.utils import timezone
 
     attempts = len(row.worker_ids)
-    requeue = lost.exception_path == WORKER_LOST and lost.on_worker_lost == "requeue"
-    if requeue and attempts < lost.max_attempts:
-        backend.model.objects.filter(id=row.id, status="RUNNING").update(status="READY", finished_at=None)
-        return Outcome(str(row.id), "READY", attempts)
     message = lost.message
-    if requeue:
+    last_attempt = False
+    if policy is not None and matches(policy, lost.exception_path):
+        if attempts < policy.max_attempts:
+            return _retry(backend, row, "RUNNING", policy, attempts, rng)
+        last_attempt = True
+        message += f" That was its last attempt ({attempts} of max_attempts {policy.max_attempts})."
+    elif lost.exception_path == WORKER_LOST and lost.on_worker_lost == "requeue":
+        if attempts < lost.max_attempts:
+            backend.model.objects.filter(id=row.id, status="RUNNING").update(status="READY", finished_at=None)
+            return Outcome(str(row.id), "READY", attempts, row.task_path)
         message += f" It was not requeued again: {attempts} of max_attempts {lost.max_attempts} attempts used."
     name = lost.exception_path
     backend.model.objects.filter(id=row.id, status="RUNNING").update(
@@ -103,7 +127,39 @@ def _finish_row(backend: TaskBackend, row: Any, lost: LostTask) -> Outcome:
         exception_class_path=name,
         traceback=f"{name}: {message}\n",
     )
-    return Outcome(str(row.id), "FAILED", attempts)
+    return Outcome(str(row.id), "FAILED", attempts, row.task_path, last_attempt=last_attempt)
+
+
+def _retry(backend: TaskBackend, row: Any, status: str, policy: RetryPolicy, attempts: int,
+           rng: random.Random) -> Outcome:
+    """Back to READY on the same row, after the backoff; the last error stays until then."""
+    from django.utils import timezone
+
+    run_after = timezone.now() + timedelta(seconds=retry_delay(policy, attempts, rng))
+    backend.model.objects.filter(id=row.id, status=status).update(
+        status="READY", run_after=run_after, finished_at=None
+    )
+    return Outcome(str(row.id), "READY", attempts, row.task_path, run_after=run_after)
+
+
+def retry_failed(backend: TaskBackend, failed: FailedTask, policy: RetryPolicy, rng: random.Random) -> Outcome | None:
+    """Retry a row its worker recorded FAILED, if the policy matches and attempts remain."""
+    if not matches(policy, failed.exception_path):
+        return None
+    set_sqlite_busy_timeout(backend)
+    with bounded(backend):
+        row = (
+            backend.model.objects.select_for_update()
+            .filter(id=failed.task_id, status="FAILED")
+            .only("id", "worker_ids", "status", "task_path")
+            .first()
+        )
+        if row is None or not row.worker_ids or row.worker_ids[-1] != failed.worker_id:
+            return None  # already retried, or claimed since
+        attempts = len(row.worker_ids)
+        if attempts >= policy.max_attempts:
+            return Outcome(str(row.id), "FAILED", attempts, row.task_path, last_attempt=True)
+        return _retry(backend, row, "FAILED", policy, attempts, rng)
 
 
 def running_worker_ids(backend: TaskBackend, prefix: str) -> set[str]:

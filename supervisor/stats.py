@@ -18,6 +18,8 @@ class Stats:
     timeouts: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     # (pool, outcome) -> count; outcome "failed" or "requeued"
     lost_tasks: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    # (pool, outcome) -> count; outcome "scheduled" (back to READY later) or "exhausted" (last attempt)
+    retries: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     # (pool, direction) -> count; direction "up" or "down"
     scale_events: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     # queue -> READY tasks that may run now, and age in seconds of the oldest of them

@@ -175,13 +175,20 @@ def _hook_signals(backend: Any, reporter: protocol.Reporter, spec: ChildSpec) ->
     def finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
         status = getattr(task_result.status, "value", task_result.status)
         current.task_id = None
-        reporter.send(protocol.TASK_FINISHED, task_id=str(task_result.id), status=str(status))
+        reporter.send(
+            protocol.TASK_FINISHED, task_id=str(task_result.id), status=str(status), exception=_exception_path(task_result)
+        )
         proctitle.set_title(f"task-supervisor: {spec.pool}[{spec.slot}] idle")
 
     # weak=False: the receivers are closures that nothing else keeps alive.
     backend.signals.task_started.connect(started, weak=False, dispatch_uid="task_supervisor_started")
     backend.signals.task_finished.connect(finished, weak=False, dispatch_uid="task_supervisor_finished")
     return current
+
+
+def _exception_path(task_result: Any) -> str:
+    errors = getattr(task_result, "errors", None) or []
+    return str(getattr(errors[-1], "exception_class_path", "")) if errors else ""
 
 
 def _task_path(task_result: Any) -> str:

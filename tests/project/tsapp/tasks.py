@@ -105,3 +105,24 @@ def leak(megabytes: int, hold_seconds: float = 0.0) -> int:
     _HOARD.append(os.urandom(megabytes * 2**20))
     time.sleep(hold_seconds)
     return len(_HOARD)
+
+
+@task()
+def flaky(counter: str, failures: int, exception: str = "ConnectionError") -> int:
+    """Fail the first ``failures`` times (counted in a file), then succeed."""
+    import builtins
+
+    path = Path(counter)
+    runs = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(runs))
+    if runs <= failures:
+        raise getattr(builtins, exception)(f"failure {runs}")
+    return runs
+
+
+@task()
+def always_fails(log: str) -> None:
+    """Append the time of each attempt to ``log``, then fail."""
+    with open(log, "a") as attempts:
+        attempts.write(f"{time.time()}\n")
+    raise ConnectionError("always fails")
