@@ -1,0 +1,50 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up first.
+SHELL := /bin/bash
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
+# Django 6 needs Python 3.12+: the first of these that exists.
+PY312 := $(firstword $(foreach p,python3.13 python3.12,$(shell command -v $(p) 2>/dev/null)) \
+           $(wildcard $(PYENV_ROOT)/versions/3.13*/bin/python3 $(PYENV_ROOT)/versions/3.12*/bin/python3))
+PY311 := $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+PIP_QUIET := --quiet --disable-pip-version-check
+
+.PHONY: demo test venvs lint bench clean
+
+$(VENV)/.stamp: pyproject.toml
+	@test -n "$(PY312)" || { echo "Python 3.12 or newer is needed (Django 6); install it or pyenv 3.12" >&2; exit 1; }
+	test -x $(VENV)/bin/python || $(PY312) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[db,postgres,test]' prometheus-client hypothesis cron-descriptor
+	touch $@
+
+# Setup (b): Django 5.2 + django-tasks 0.12 + django-tasks-db.
+.venv-compat-b/.stamp: pyproject.toml
+	test -x .venv-compat-b/bin/python || $(PY311) -m venv .venv-compat-b
+	.venv-compat-b/bin/pip install $(PIP_QUIET) 'django>=5.2,<6' 'django-tasks==0.12.*' django-tasks-db -e .
+	touch $@
+
+# Setup (c): django-tasks 0.11 with its own django_tasks.backends.database (the guide's settings).
+.venv-compat-c/.stamp: pyproject.toml
+	test -x .venv-compat-c/bin/python || $(PY311) -m venv .venv-compat-c
+	.venv-compat-c/bin/pip install $(PIP_QUIET) 'django>=5.2,<6' 'django-tasks==0.11.*' -e .
+	touch $@
+
+venvs: $(VENV)/.stamp .venv-compat-b/.stamp .venv-compat-c/.stamp
+
+demo: $(VENV)/.stamp
+	$(VENV)/bin/python example/manage.py migrate -v0
+	$(VENV)/bin/python example/manage.py seed_demo
+	exec $(VENV)/bin/task-supervisor run -c config.toml
+
+test: venvs
+	@$(VENV)/bin/python -c "import psycopg; psycopg.connect(host='127.0.0.1', port=5432, user='postgres', dbname='postgres', connect_timeout=5).close()" \
+	  || { echo "PostgreSQL must answer on 127.0.0.1:5432 (user postgres, trust auth): the suite runs on SQLite AND PostgreSQL." >&2; exit 1; }
+	$(VENV)/bin/python -m pytest
+
+lint: $(VENV)/.stamp
+	$(VENV)/bin/ruff check supervisor scheduler tests
+
+bench: $(VENV)/.stamp
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .venv-compat-b .venv-compat-c build dist *.egg-info example/db.sqlite3
