@@ -1,9 +1,11 @@
 # The two commands of the README: `make demo` and `make test`. Both set everything up first.
 SHELL := /bin/bash
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
-# Django 6 needs Python 3.12+: the first of these that exists.
-PY312 := $(firstword $(foreach p,python3.13 python3.12,$(shell command -v $(p) 2>/dev/null)) \
-           $(wildcard $(PYENV_ROOT)/versions/3.13*/bin/python3 $(PYENV_ROOT)/versions/3.12*/bin/python3))
+# Django 6 needs Python 3.12+: the first of these that runs and is new enough (pyenv shims exist
+# for versions that are not active, so each candidate is tried, not just looked up).
+PY312 := $(shell for p in $(wildcard $(PYENV_ROOT)/versions/3.12*/bin/python3 $(PYENV_ROOT)/versions/3.13*/bin/python3) \
+           python3.12 python3.13 python3; do \
+           "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 PY311 := $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 PIP_QUIET := --quiet --disable-pip-version-check
