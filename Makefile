@@ -21,13 +21,13 @@ $(VENV)/.stamp: pyproject.toml
 # Setup (b): Django 5.2 + django-tasks 0.12 + django-tasks-db.
 .venv-compat-b/.stamp: pyproject.toml
 	test -x .venv-compat-b/bin/python || $(PY311) -m venv .venv-compat-b
-	.venv-compat-b/bin/pip install $(PIP_QUIET) 'django>=5.2,<6' 'django-tasks==0.12.*' django-tasks-db -e .
+	.venv-compat-b/bin/pip install $(PIP_QUIET) 'django>=5.2,<6' 'django-tasks==0.12.*' django-tasks-db 'psycopg[binary]' -e .
 	touch $@
 
 # Setup (c): django-tasks 0.11 with its own django_tasks.backends.database (the guide's settings).
 .venv-compat-c/.stamp: pyproject.toml
 	test -x .venv-compat-c/bin/python || $(PY311) -m venv .venv-compat-c
-	.venv-compat-c/bin/pip install $(PIP_QUIET) 'django>=5.2,<6' 'django-tasks==0.11.*' -e .
+	.venv-compat-c/bin/pip install $(PIP_QUIET) 'django>=5.2,<6' 'django-tasks==0.11.*' 'psycopg[binary]' -e .
 	touch $@
 
 venvs: $(VENV)/.stamp .venv-compat-b/.stamp .venv-compat-c/.stamp
