@@ -7,6 +7,7 @@ Signal handlers only queue the signal; children report over pipes; nothing here 
 
 from __future__ import annotations
 
+import datetime
 import enum
 import errno
 import logging
@@ -16,10 +17,11 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psutil
 
-from task_supervisor import exitcodes, signals
+from task_supervisor import __version__, exitcodes, signals
 from task_supervisor.child import Child, ChildState, ExitReason, describe_status
 from task_supervisor.compat import TaskBackend
 from task_supervisor.janitor import Janitor
@@ -544,6 +546,69 @@ class Supervisor:
             log.info("Pool %s removed", name, extra={"event": "pool_removed", "pool": name})
         log.info("Reloaded %s", new.path, extra={"event": "reloaded"})
 
+    def snapshot(self) -> dict[str, Any]:
+        """Everything `status` and the metrics show, as plain JSON-able data."""
+        now, wall = self.clock(), time.time()
+        return {
+            "node": self.config.supervisor.node,
+            "pid": self.pid,
+            "version": __version__,
+            "phase": self.phase.value,
+            "uptime": round(now - self.started_at, 3),
+            "started_at": _iso(wall - (now - self.started_at)),
+            "database": {"ok": self.janitor.db_ok if self.janitor else True,
+                         "error": self.janitor.db_error if self.janitor else None},
+            "pools": [self.pool_snapshot(pool, now, wall) for pool in self.pools.values()],
+            "scheduler": None,
+            "heartbeat": {
+                "enabled": bool(self.janitor and self.janitor.heartbeats),
+                "last_beat": self.janitor.last_beat if self.janitor else None,
+                "node_timeout": self.config.supervisor.node_timeout,
+            },
+            "retries": [
+                {"task_id": task_id, "path": path, "attempts": attempts, "next_attempt_at": when}
+                for task_id, (path, attempts, when) in (self.janitor.retries_scheduled.items() if self.janitor else ())
+            ],
+        }
+
+    def pool_snapshot(self, pool: Pool, now: float, wall: float) -> dict[str, Any]:
+        return {
+            "name": pool.name,
+            "queues": list(pool.config.queues),
+            "desired": len(pool.slots),
+            "min": pool.config.processes,
+            "max": pool.config.max_processes,
+            "at_strength": pool.at_strength(),
+            "backing_off": pool.backing_off(now),
+            "restarts": pool.restarts,
+            "last_error": pool.last_error(),
+            "children": [self.child_snapshot(slot.child, now, wall) for slot in pool.slots.values() if slot.child],
+        }
+
+    def child_snapshot(self, child: Child, now: float, wall: float) -> dict[str, Any]:
+        rss = cpu = None
+        try:
+            proc = psutil.Process(child.pid)
+            rss, cpu = proc.memory_info().rss, proc.cpu_percent(interval=None)
+        except psutil.Error:
+            pass
+        task = child.task
+        return {
+            "slot": child.spec.slot,
+            "pid": child.pid,
+            "state": child.state.value,
+            "worker_id": child.spec.worker_id,
+            "generation": child.spec.generation,
+            "started_at": _iso(wall - (now - child.started_at)),
+            "tasks_done": child.tasks_done,
+            "rss": rss,
+            "cpu_percent": cpu,
+            "task": None if task is None else {
+                "id": task.task_id, "path": task.path, "running_for": round(now - task.since, 3),
+                "timeout": task.timeout,
+            },
+        }
+
     def detach(self, child: Child) -> None:
         """The child no longer fills a slot; when it exits nothing replaces it."""
         self.slot_of.pop(child.pid, None)
@@ -563,7 +628,11 @@ def _listeners(backends: dict[str, TaskBackend]) -> list[ReadyListener]:
 def _same_but_size(old: PoolConfig, new: PoolConfig) -> bool:
     from dataclasses import replace
 
-    return replace(old, processes=new.processes) == new
+    return replace(old, processes=new.processes, max_processes=new.max_processes) == new
+
+
+def _iso(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat()
 
 
 def _close(fd: int) -> None:

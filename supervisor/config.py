@@ -99,6 +99,8 @@ class SupervisorConfig:
     graceful_timeout: float = 30.0  # seconds
     http: str = "127.0.0.1:8787"
     node_timeout: float = 60.0  # seconds
+    control_socket: str = ""  # "" -> control.default_socket_path(node)
+    log_format: str = "text"
 
 
 BACKOFFS = ("exponential", "fixed")
@@ -120,7 +122,8 @@ class RetryPolicy:
 class PoolConfig:
     name: str
     queues: tuple[str, ...]
-    processes: int = 1
+    processes: int = 1  # children at start; with autoscaling, the minimum
+    max_processes: int = 1  # equal to processes unless processes = { min = .., max = .. }
     backend: str = "default"
     interval: float = 1.0  # seconds between polls of an idle db_worker
     start: str = "fork"
@@ -231,6 +234,19 @@ def _positive_int(value: Any) -> int:
     return value
 
 
+def _processes(value: Any) -> tuple[int, int]:
+    """``4`` or ``{ min = 1, max = 8 }`` (autoscaling between the two)."""
+    if isinstance(value, dict):
+        if set(value) != {"min", "max"}:
+            raise ValueError("a table needs exactly the keys min and max")
+        low, high = _positive_int(value["min"]), _positive_int(value["max"])
+        if low > high:
+            raise ValueError(f"min {low} is above max {high}")
+        return low, high
+    count = _positive_int(value)
+    return count, count
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         if value not in options:
@@ -270,9 +286,16 @@ def _read_supervisor(table: dict[str, Any], problems: list[str]) -> SupervisorCo
     graceful = r.get("graceful_timeout", 30.0, parse_duration, "a duration")
     http = r.get("http", "127.0.0.1:8787", _listen_address, 'a listen address "HOST:PORT"')
     node_timeout = r.get("node_timeout", 60.0, parse_duration, "a duration")
+    control_socket = r.get("control_socket", "", _as_str, "a file path")
+    log_format = r.get("log_format", "text", _choice(LOG_FORMATS), '"text" or "json"')
     r.finish()
     return SupervisorConfig(
-        node=node, graceful_timeout=graceful, http=http, node_timeout=node_timeout
+        node=node,
+        graceful_timeout=graceful,
+        http=http,
+        node_timeout=node_timeout,
+        control_socket=control_socket,
+        log_format=log_format,
     )
 
 
@@ -286,10 +309,12 @@ def _read_pool(name: str, table: Any, problems: list[str]) -> PoolConfig | None:
             f"{path}: pool names use letters, digits, '.', '_' and '-', at most 32 characters."
         )
     r = _Reader(table, path, problems)
+    low, high = r.get("processes", (1, 1), _processes, "an integer of at least 1 or { min = 1, max = 8 }")
     pool = PoolConfig(
         name=name,
         queues=r.get("queues", (name,), _as_str_list, "a list of queue names"),
-        processes=r.get("processes", 1, _positive_int, "an integer of at least 1"),
+        processes=low,
+        max_processes=high,
         backend=r.get("backend", "default", _as_str, "a task backend alias from settings.TASKS"),
         interval=r.get("interval", 1.0, parse_duration, "a duration"),
         start=r.get("start", "fork", _choice(START_METHODS), '"fork" or "exec"'),

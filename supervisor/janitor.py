@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 RETRY_MIN = 0.5  # seconds before retrying chores after a database error
 RETRY_MAX = 10.0
+QUEUE_DEPTH_INTERVAL = 5.0  # seconds between READY-depth queries
 MAX_ITEMS_PER_TURN = 20  # lost rows finished per loop turn, so a burst cannot hog the loop
 
 
@@ -50,6 +51,10 @@ class Janitor:
         self.started_at = timezone.now()
         self.heartbeats = recovery.heartbeats_installed()
         self.lost_total = 0
+        self.db_ok = True
+        self.db_error: str | None = None
+        self.last_beat: str | None = None
+        self.next_depth = 0.0
         if not self.heartbeats:
             log.warning(
                 "Node heartbeats and dead-node recovery are off: add 'task_supervisor' to INSTALLED_APPS "
@@ -123,10 +128,15 @@ class Janitor:
             if self.heartbeats and now >= self.next_beat:
                 self._beat(live_worker_ids, pools)
                 self.next_beat = now + self.beat_interval()
+                self.last_beat = timezone.now().isoformat()
+            if now >= self.next_depth:
+                self._measure_queues()
+                self.next_depth = now + QUEUE_DEPTH_INTERVAL
         except Exception as exc:  # a database error of any driver: retry later
             self._failed(now, exc)
         else:
             self.retry_delay = RETRY_MIN
+            self.db_ok, self.db_error = True, None
 
     def beat_interval(self) -> float:
         return min(15.0, max(1.0, self.config.supervisor.node_timeout / 4))
@@ -134,8 +144,9 @@ class Janitor:
     def _failed(self, now: float, exc: Exception) -> None:
         from django.db import connections
 
-        log.warning("Database chores failed, retrying in %.1fs: %s", self.retry_delay,
-                    " ".join(str(exc).split()) or type(exc).__name__, extra={"event": "db_error"})
+        self.db_ok, self.db_error = False, " ".join(str(exc).split()) or type(exc).__name__
+        log.warning("Database chores failed, retrying in %.1fs: %s", self.retry_delay, self.db_error,
+                    extra={"event": "db_error"})
         for backend in self.distinct_backends():
             connections[backend.db_alias].close()
         self.retry_at = now + self.retry_delay
@@ -184,6 +195,19 @@ class Janitor:
             log.warning("Task %s (%s) failed with %s on attempt %d; retrying at %s", outcome.task_id,
                         outcome.path, exception_path, outcome.attempts, when,
                         extra={**extra, "event": "retry_scheduled"})
+
+    def _measure_queues(self) -> None:
+        """READY depth and age of the oldest READY task per queue, for metrics and autoscaling."""
+        depth: dict[str, int] = {}
+        oldest: dict[str, float] = {}
+        now = timezone.now()
+        for backend in self.distinct_backends():
+            for queue, count, first in recovery.ready_by_queue(backend):
+                depth[queue] = depth.get(queue, 0) + count
+                age = (now - first).total_seconds() if first else 0.0
+                oldest[queue] = max(oldest.get(queue, 0.0), age)
+        self.stats.queue_depth = depth
+        self.stats.oldest_ready_age = oldest
 
     def _beat(self, live_worker_ids: set[str], pools: list[str]) -> None:
         backend = self.distinct_backends()[0]

@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Any
 
 from task_supervisor.compat import TaskBackend
@@ -168,6 +169,28 @@ def running_worker_ids(backend: TaskBackend, prefix: str) -> set[str]:
     with bounded(backend):
         rows = backend.model.objects.filter(status="RUNNING").values_list("worker_ids", flat=True)
         return {ids[-1] for ids in rows if ids and str(ids[-1]).startswith(prefix)}
+
+
+def ready_by_queue(backend: TaskBackend) -> list[tuple[str, int, Any]]:
+    """(queue, READY tasks that may run now, enqueued_at of the oldest) per queue."""
+    from django.db.models import Count, Min
+    from django.utils import timezone
+
+    set_sqlite_busy_timeout(backend)
+    with bounded(backend):
+        rows = (
+            backend.model.objects.filter(status="READY")
+            .exclude(run_after__gt=timezone.now(), run_after__lt=_date_max())
+            .values("queue_name")
+            .annotate(count=Count("id"), oldest=Min("enqueued_at"))
+        )
+        return [(r["queue_name"], r["count"], r["oldest"]) for r in rows]
+
+
+def _date_max() -> datetime:
+    from django.conf import settings
+
+    return datetime(9999, 1, 1, tzinfo=dt_timezone.utc if settings.USE_TZ else None)
 
 
 def heartbeats_installed() -> bool:

@@ -118,12 +118,20 @@ on_worker_lost = "retry"
     assert sorted(found) == sorted([
         "Unknown key supervisor.gracefull_timeout; did you mean supervisor.graceful_timeout?",
         "supervisor.http must be a listen address \"HOST:PORT\", got 'nowhere'; use \"HOST:PORT\", or \"\" to turn the listener off.",
-        "pools.default.processes must be an integer of at least 1, got 0.",
+        "pools.default.processes must be an integer of at least 1 or { min = 1, max = 8 }, got 0.",
         "pools.default.interval must be a duration, got '5 parsecs'; use seconds or a string such as \"250ms\", \"30s\", \"5m\", \"1h\".",
         "Unknown key pools.default.proceses; did you mean pools.default.processes?",
         "pools.reports.start must be \"fork\" or \"exec\", got 'spawn'.",
         "pools.reports.on_worker_lost must be \"fail\" or \"requeue\", got 'retry'.",
     ])
+
+
+def test_autoscaled_processes(tmp_path):
+    config = load_config(write(tmp_path, '[django]\nsettings = "s"\n[pools.a]\nprocesses = { min = 2, max = 8 }\n'))
+    assert (config.pools["a"].processes, config.pools["a"].max_processes) == (2, 8)
+    found = problems(tmp_path, '[django]\nsettings = "s"\n[pools.a]\nprocesses = { min = 3, max = 2 }\n')
+    assert found == ["pools.a.processes must be an integer of at least 1 or { min = 1, max = 8 }, got "
+                     "{'min': 3, 'max': 2}; min 3 is above max 2."]
 
 
 def test_bad_toml_names_the_line(tmp_path):
