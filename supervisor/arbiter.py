@@ -24,13 +24,13 @@ import psutil
 from task_supervisor import __version__, exitcodes, signals
 from task_supervisor.child import Child, ChildState, ExitReason, describe_status
 from task_supervisor.compat import TaskBackend
+from task_supervisor.config import Config, ConfigError, PoolConfig, load_config
 from task_supervisor.janitor import Janitor
 from task_supervisor.notify import ReadyListener
-from task_supervisor.recovery import TASK_TIMEOUT, FailedTask, LostTask
-from task_supervisor.stats import Stats
-from task_supervisor.config import Config, ConfigError, PoolConfig, load_config
 from task_supervisor.pool import Pool, Slot, recycle_after
+from task_supervisor.recovery import TASK_TIMEOUT, FailedTask, LostTask
 from task_supervisor.spawn import Spawner
+from task_supervisor.stats import Stats
 from task_supervisor.worker import ChildSpec
 
 log = logging.getLogger(__name__)
@@ -210,11 +210,16 @@ class Supervisor:
             status = str(message.get("status", ""))
             self.stats.tasks_finished[(pool, status)] += 1
             if status == "FAILED" and before is not None and self.janitor is not None:
-                failed = FailedTask(child.spec.worker_id, before.task_id, before.path, str(message.get("exception", "")))
+                failed = FailedTask(
+                    child.spec.worker_id, before.task_id, before.path, str(message.get("exception", ""))
+                )
                 self.janitor.failed(pool, failed)
         if event == "task_finished" and child.recycle_after_task:
-            log.info("Child %s passed max_memory; recycling it after its task", child.spec.worker_id,
-                     extra={**child.log_extra, "event": "child_recycle_memory"})
+            log.info(
+                "Child %s passed max_memory; recycling it after its task",
+                child.spec.worker_id,
+                extra={**child.log_extra, "event": "child_recycle_memory"},
+            )
             child.request_stop(now, self.config.supervisor.graceful_timeout)
         extra = child.log_extra
         if child.ready_at == now and message.get("event") == "ready":
@@ -223,8 +228,12 @@ class Supervisor:
                 pool_slot[0].ever_up = True
             log.debug("Child %s ready", child.spec.worker_id, extra={**extra, "event": "child_ready"})
         if child.task is not None and child.task is not before:
-            log.debug("Child pid=%s started task %s", child.pid, child.task.task_id,
-                      extra={**extra, "event": "task_started", "task_id": child.task.task_id})
+            log.debug(
+                "Child pid=%s started task %s",
+                child.pid,
+                child.task.task_id,
+                extra={**extra, "event": "task_started", "task_id": child.task.task_id},
+            )
 
     def listen(self, now: float) -> None:
         """Keep the LISTEN connections up, and wake children for tasks whose run_after came."""
@@ -297,8 +306,13 @@ class Supervisor:
         elif reason is ExitReason.RECYCLED:
             log.info("Child %s recycled after %d tasks", child.spec.worker_id, child.tasks_done, extra=extra)
         elif reason is ExitReason.BOOT_FAILED:
-            log.error("Child %s failed to boot (%s): %s", child.spec.worker_id, how,
-                      child.boot_error or "no reason given", extra=extra)
+            log.error(
+                "Child %s failed to boot (%s): %s",
+                child.spec.worker_id,
+                how,
+                child.boot_error or "no reason given",
+                extra=extra,
+            )
         elif status and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
             log.error("Child %s %s", child.spec.worker_id, how, extra=extra)
         else:
@@ -317,8 +331,14 @@ class Supervisor:
         """A child died, maybe mid-task: have the janitor finish whatever row it left RUNNING."""
         task = child.task
         if task is not None:
-            log.error("Task %s (%s) was running in child pid=%s, which %s", task.task_id, task.path,
-                      child.pid, how, extra={**child.log_extra, "event": "task_lost", "task_id": task.task_id})
+            log.error(
+                "Task %s (%s) was running in child pid=%s, which %s",
+                task.task_id,
+                task.path,
+                child.pid,
+                how,
+                extra={**child.log_extra, "event": "task_lost", "task_id": task.task_id},
+            )
         if self.janitor is None:
             return
         wid = child.spec.worker_id
@@ -335,8 +355,10 @@ class Supervisor:
         else:
             message = f"The worker running this task ({wid}, pid {child.pid}) {how}."
             if child.killed and self.phase is Phase.DRAINING:
-                message += (f" It was killed at the end of graceful_timeout "
-                            f"({self.config.supervisor.graceful_timeout:g}s) while the supervisor drained.")
+                message += (
+                    f" It was killed at the end of graceful_timeout "
+                    f"({self.config.supervisor.graceful_timeout:g}s) while the supervisor drained."
+                )
             elif child.killed and self.phase is Phase.STOPPING:
                 message += " It was killed when the supervisor was told to stop at once."
             elif "SIGKILL" in how:
@@ -354,8 +376,12 @@ class Supervisor:
         try:
             self.janitor.recover_own(self.live_worker_ids())
         except Exception as exc:
-            log.error("Could not look for tasks left RUNNING by an earlier run of node %s: %s",
-                      self.config.supervisor.node, exc, extra={"event": "db_error"})
+            log.error(
+                "Could not look for tasks left RUNNING by an earlier run of node %s: %s",
+                self.config.supervisor.node,
+                exc,
+                extra={"event": "db_error"},
+            )
         self.janitor.tick(self.clock(), self.live_worker_ids(), list(self.pools))
 
     def spawn(self, pool: Pool, slot: Slot, now: float) -> None:
@@ -366,8 +392,13 @@ class Supervisor:
         try:
             pid, fd, control_fd = self.spawner.spawn(spec, pool.config.start)
         except OSError as exc:
-            log.error("Cannot start a child for %s[%d]: %s", pool.name, slot.index, exc,
-                      extra={"event": "spawn_failed", "pool": pool.name, "slot": slot.index})
+            log.error(
+                "Cannot start a child for %s[%d]: %s",
+                pool.name,
+                slot.index,
+                exc,
+                extra={"event": "spawn_failed", "pool": pool.name, "slot": slot.index},
+            )
             slot.failures += 1
             slot.start_after = now + 1.0
             return
@@ -425,13 +456,23 @@ class Supervisor:
             assert task is not None
             extra = {**child.log_extra, "task_id": task.task_id}
             if child.timed_out is not task:
-                log.warning("Task %s (%s) ran past its timeout of %gs; raising TaskTimeout in it",
-                            task.task_id, task.path, task.timeout, extra={**extra, "event": "task_timeout"})
+                log.warning(
+                    "Task %s (%s) ran past its timeout of %gs; raising TaskTimeout in it",
+                    task.task_id,
+                    task.path,
+                    task.timeout,
+                    extra={**extra, "event": "task_timeout"},
+                )
                 child.tell_timeout()
                 self.stats.timeouts[(child.spec.pool, "soft")] += 1
             else:
-                log.error("Task %s (%s) did not stop after TaskTimeout; killing child pid=%s",
-                          task.task_id, task.path, child.pid, extra={**extra, "event": "task_timeout_kill"})
+                log.error(
+                    "Task %s (%s) did not stop after TaskTimeout; killing child pid=%s",
+                    task.task_id,
+                    task.path,
+                    child.pid,
+                    extra={**extra, "event": "task_timeout_kill"},
+                )
                 child.killed_for_timeout = task
                 child.kill()
                 self.stats.timeouts[(child.spec.pool, "hard")] += 1
@@ -451,8 +492,13 @@ class Supervisor:
                 continue
             if rss <= pool.max_memory:
                 continue
-            log.warning("Child %s uses %d MiB, over max_memory %d MiB", child.spec.worker_id, rss >> 20,
-                        pool.max_memory >> 20, extra={**child.log_extra, "event": "child_over_memory"})
+            log.warning(
+                "Child %s uses %d MiB, over max_memory %d MiB",
+                child.spec.worker_id,
+                rss >> 20,
+                pool.max_memory >> 20,
+                extra={**child.log_extra, "event": "child_over_memory"},
+            )
             if child.state is ChildState.BUSY:
                 child.recycle_after_task = True
             else:
@@ -462,8 +508,11 @@ class Supervisor:
         self.enforce_timeouts(now)
         for child in list(self.children.values()):
             if child.kill_at is not None and now >= child.kill_at and not child.killed:
-                log.warning("Child %s did not stop within its grace period; killing it",
-                            child.spec.worker_id, extra={**child.log_extra, "event": "child_killed"})
+                log.warning(
+                    "Child %s did not stop within its grace period; killing it",
+                    child.spec.worker_id,
+                    extra={**child.log_extra, "event": "child_killed"},
+                )
                 child.kill()
         if self.stop_deadline is not None and now >= self.stop_deadline and self.children:
             for child in self.children.values():
@@ -483,8 +532,12 @@ class Supervisor:
 
     def drain(self, signum: int) -> None:
         grace = self.config.supervisor.graceful_timeout
-        log.info("Received %s: draining (running tasks finish; killed after %.0fs)", signals.name(signum), grace,
-                 extra={"event": "drain_started"})
+        log.info(
+            "Received %s: draining (running tasks finish; killed after %.0fs)",
+            signals.name(signum),
+            grace,
+            extra={"event": "drain_started"},
+        )
         self.phase = Phase.DRAINING
         self.exit_reason = f"drained after {signals.name(signum)}"
         now = self.clock()
@@ -492,8 +545,9 @@ class Supervisor:
             child.request_stop(now, grace)
 
     def stop_now(self, signum: int) -> None:
-        log.warning("Received %s: stopping now, running tasks are killed", signals.name(signum),
-                    extra={"event": "forced_stop"})
+        log.warning(
+            "Received %s: stopping now, running tasks are killed", signals.name(signum), extra={"event": "forced_stop"}
+        )
         self.phase = Phase.STOPPING
         self.exit_code = exitcodes.EX_FORCED
         self.exit_reason = f"stopped at once by {signals.name(signum)}"
@@ -512,8 +566,10 @@ class Supervisor:
                 log.error("Reload refused, keeping the running config: %s", problem, extra={"event": "reload_failed"})
             return
         if new.django != self.config.django or new.supervisor.node != self.config.supervisor.node:
-            log.warning("[django] and supervisor.node changes need a restart; applying the rest",
-                        extra={"event": "reload_partial"})
+            log.warning(
+                "[django] and supervisor.node changes need a restart; applying the rest",
+                extra={"event": "reload_partial"},
+            )
         now = self.clock()
         old_pools, self.config = self.pools, new
         if self.janitor is not None:
@@ -532,7 +588,9 @@ class Supervisor:
                 for child in old.resize(pool_config.processes):
                     self.detach(child)
                     child.request_stop(now, new.supervisor.graceful_timeout)
-                log.info("Pool %s resized to %d", name, pool_config.processes, extra={"event": "pool_resized", "pool": name})
+                log.info(
+                    "Pool %s resized to %d", name, pool_config.processes, extra={"event": "pool_resized", "pool": name}
+                )
             else:
                 self.pools[name] = Pool(pool_config)
                 for child in old.children():
@@ -556,8 +614,10 @@ class Supervisor:
             "phase": self.phase.value,
             "uptime": round(now - self.started_at, 3),
             "started_at": _iso(wall - (now - self.started_at)),
-            "database": {"ok": self.janitor.db_ok if self.janitor else True,
-                         "error": self.janitor.db_error if self.janitor else None},
+            "database": {
+                "ok": self.janitor.db_ok if self.janitor else True,
+                "error": self.janitor.db_error if self.janitor else None,
+            },
             "pools": [self.pool_snapshot(pool, now, wall) for pool in self.pools.values()],
             "scheduler": None,
             "heartbeat": {
@@ -603,8 +663,12 @@ class Supervisor:
             "tasks_done": child.tasks_done,
             "rss": rss,
             "cpu_percent": cpu,
-            "task": None if task is None else {
-                "id": task.task_id, "path": task.path, "running_for": round(now - task.since, 3),
+            "task": None
+            if task is None
+            else {
+                "id": task.task_id,
+                "path": task.path,
+                "running_for": round(now - task.since, 3),
                 "timeout": task.timeout,
             },
         }

@@ -114,4 +114,6 @@ def describe_database(alias: str) -> str:
     engine = settings.get("ENGINE", "").rsplit(".", 1)[-1]
     host = settings.get("HOST") or "local"
     port = f":{settings['PORT']}" if settings.get("PORT") else ""
-    return f"{engine} {settings.get('NAME')} at {host}{port}" if engine != "sqlite3" else f"sqlite3 {settings.get('NAME')}"
+    return (
+        f"{engine} {settings.get('NAME')} at {host}{port}" if engine != "sqlite3" else f"sqlite3 {settings.get('NAME')}"
+    )

@@ -109,11 +109,15 @@ def resolve(alias: str = "default") -> TaskBackend:
     try:
         cls = import_string(path)
     except ImportError as exc:
-        raise BackendError(f"settings.TASKS[{alias!r}] BACKEND {path!r} does not import ({exc}); {INSTALL_HINT}.") from None
+        raise BackendError(
+            f"settings.TASKS[{alias!r}] BACKEND {path!r} does not import ({exc}); {INSTALL_HINT}."
+        ) from None
 
     frameworks = _frameworks()
     if not frameworks:
-        raise BackendError(f"No Django task framework is installed (Django 6's django.tasks or django-tasks); {INSTALL_HINT}.")
+        raise BackendError(
+            f"No Django task framework is installed (Django 6's django.tasks or django-tasks); {INSTALL_HINT}."
+        )
     framework = next((name for name, base in frameworks if issubclass(cls, base.BaseTaskBackend)), None)
     if framework is None:
         raise BackendError(f"settings.TASKS[{alias!r}] BACKEND {path!r} is not a task backend; {INSTALL_HINT}.")
@@ -125,7 +129,9 @@ def resolve(alias: str = "default") -> TaskBackend:
             f"task-supervisor runs db_worker processes; {INSTALL_HINT}."
         )
     if not apps.is_installed(package):
-        raise BackendError(f"settings.TASKS[{alias!r}] uses {path}, but {package!r} is not in INSTALLED_APPS; add it and run migrate.")
+        raise BackendError(
+            f"settings.TASKS[{alias!r}] uses {path}, but {package!r} is not in INSTALLED_APPS; add it and run migrate."
+        )
 
     model = importlib.import_module(f"{package}.models").DBTaskResult
     choices = {value for value, _ in model._meta.get_field("status").choices}

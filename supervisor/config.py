@@ -52,7 +52,7 @@ class ConfigError(Exception):
 def parse_duration(value: object) -> float:
     """Seconds from a number or a string such as "250ms", "30s", "5m", "1h", "1h30m"."""
     if isinstance(value, bool):
-        raise ValueError("a duration must be a number of seconds or a string such as \"30s\"")
+        raise ValueError('a duration must be a number of seconds or a string such as "30s"')
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
@@ -63,7 +63,7 @@ def parse_duration(value: object) -> float:
             raise ValueError('use seconds or a string such as "250ms", "30s", "5m", "1h"')
         seconds = sum(float(p.group(1)) * _DURATION_UNITS[p.group(2)] for p in parts)
     else:
-        raise ValueError("a duration must be a number of seconds or a string such as \"30s\"")
+        raise ValueError('a duration must be a number of seconds or a string such as "30s"')
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError("a duration must be finite and not negative")
     return seconds
@@ -305,9 +305,7 @@ def _read_pool(name: str, table: Any, problems: list[str]) -> PoolConfig | None:
         problems.append(f"{path} must be a table such as [pools.{name}], got {table!r}.")
         return None
     if not _POOL_NAME.match(name):
-        problems.append(
-            f"{path}: pool names use letters, digits, '.', '_' and '-', at most 32 characters."
-        )
+        problems.append(f"{path}: pool names use letters, digits, '.', '_' and '-', at most 32 characters.")
     r = _Reader(table, path, problems)
     low, high = r.get("processes", (1, 1), _processes, "an integer of at least 1 or { min = 1, max = 8 }")
     pool = PoolConfig(
@@ -322,9 +320,7 @@ def _read_pool(name: str, table: Any, problems: list[str]) -> PoolConfig | None:
         timeout=r.get("timeout", None, parse_duration, "a duration"),
         kill_after=r.get("kill_after", 10.0, parse_duration, "a duration"),
         max_memory=r.get("max_memory", None, parse_size, 'a size such as "512MiB"'),
-        on_worker_lost=r.get(
-            "on_worker_lost", "fail", _choice(ON_WORKER_LOST), '"fail" or "requeue"'
-        ),
+        on_worker_lost=r.get("on_worker_lost", "fail", _choice(ON_WORKER_LOST), '"fail" or "requeue"'),
         max_attempts=r.get("max_attempts", 3, _positive_int, "an integer of at least 1"),
         persistent_connections=r.get("persistent_connections", True, _as_bool, "true or false"),
         retries=r.get("retries", None, lambda v: _read_retry(v, f"{path}.retries", problems), "a table"),

@@ -102,8 +102,7 @@ class Janitor:
         self._recover_prefix(
             f"{self.node}:",
             live_worker_ids,
-            "The worker running this task ({worker_id}) was gone when its supervisor restarted on node "
-            f"{self.node}.",
+            f"The worker running this task ({{worker_id}}) was gone when its supervisor restarted on node {self.node}.",
         )
 
     def _recover_prefix(self, prefix: str, live_worker_ids: set[str], message: str) -> None:
@@ -145,8 +144,12 @@ class Janitor:
         from django.db import connections
 
         self.db_ok, self.db_error = False, " ".join(str(exc).split()) or type(exc).__name__
-        log.warning("Database chores failed, retrying in %.1fs: %s", self.retry_delay, self.db_error,
-                    extra={"event": "db_error"})
+        log.warning(
+            "Database chores failed, retrying in %.1fs: %s",
+            self.retry_delay,
+            self.db_error,
+            extra={"event": "db_error"},
+        )
         for backend in self.distinct_backends():
             connections[backend.db_alias].close()
         self.retry_at = now + self.retry_delay
@@ -175,26 +178,43 @@ class Janitor:
             self._retry_handled(pool, lost.exception_path, outcome)
         level = logging.WARNING if outcome.status == "READY" else logging.ERROR
         verb = "requeued" if outcome.status == "READY" else "marked FAILED"
-        log.log(level, "Task %s %s (attempt %d, %s): %s", outcome.task_id, verb, outcome.attempts,
-                lost.exception_path.rsplit(".", 1)[-1], lost.message,
-                extra={"event": "task_lost_handled", "task_id": outcome.task_id, "status": outcome.status,
-                       "pool": pool})
+        log.log(
+            level,
+            "Task %s %s (attempt %d, %s): %s",
+            outcome.task_id,
+            verb,
+            outcome.attempts,
+            lost.exception_path.rsplit(".", 1)[-1],
+            lost.message,
+            extra={"event": "task_lost_handled", "task_id": outcome.task_id, "status": outcome.status, "pool": pool},
+        )
 
     def _retry_handled(self, pool: str, exception_path: str, outcome: Outcome) -> None:
         extra = {"task_id": outcome.task_id, "pool": pool, "attempt": outcome.attempts}
         if outcome.last_attempt:
             self.stats.retries[(pool, "exhausted")] += 1
             self.retries_scheduled.pop(outcome.task_id, None)
-            log.error("Task %s (%s) failed with %s on its last attempt (%d); it stays FAILED",
-                      outcome.task_id, outcome.path, exception_path, outcome.attempts,
-                      extra={**extra, "event": "retry_exhausted"})
+            log.error(
+                "Task %s (%s) failed with %s on its last attempt (%d); it stays FAILED",
+                outcome.task_id,
+                outcome.path,
+                exception_path,
+                outcome.attempts,
+                extra={**extra, "event": "retry_exhausted"},
+            )
         elif outcome.run_after is not None:
             self.stats.retries[(pool, "scheduled")] += 1
             when = outcome.run_after.isoformat()
             self.retries_scheduled[outcome.task_id] = (outcome.path, outcome.attempts, when)
-            log.warning("Task %s (%s) failed with %s on attempt %d; retrying at %s", outcome.task_id,
-                        outcome.path, exception_path, outcome.attempts, when,
-                        extra={**extra, "event": "retry_scheduled"})
+            log.warning(
+                "Task %s (%s) failed with %s on attempt %d; retrying at %s",
+                outcome.task_id,
+                outcome.path,
+                exception_path,
+                outcome.attempts,
+                when,
+                extra={**extra, "event": "retry_scheduled"},
+            )
 
     def _measure_queues(self) -> None:
         """READY depth and age of the oldest READY task per queue, for metrics and autoscaling."""
@@ -213,8 +233,11 @@ class Janitor:
         backend = self.distinct_backends()[0]
         recovery.beat(self.node, pools, self.started_at, backend)
         for node in recovery.dead_nodes(self.config.supervisor.node_timeout, self.node):
-            log.warning("Node %s stopped sending heartbeats; recovering its running tasks", node,
-                        extra={"event": "dead_node", "node": node})
+            log.warning(
+                "Node %s stopped sending heartbeats; recovering its running tasks",
+                node,
+                extra={"event": "dead_node", "node": node},
+            )
             self._recover_prefix(
                 f"{node}:",
                 set(),
@@ -234,9 +257,13 @@ class Janitor:
             if self.pending:
                 self._sleep_until(min(deadline, self.retry_at))
         if self.pending:
-            log.error("%d lost tasks could not be recorded before exit; the next supervisor on node %s "
-                      "or any live node will recover them", len(self.pending), self.node,
-                      extra={"event": "lost_unrecorded"})
+            log.error(
+                "%d lost tasks could not be recorded before exit; the next supervisor on node %s "
+                "or any live node will recover them",
+                len(self.pending),
+                self.node,
+                extra={"event": "lost_unrecorded"},
+            )
         if self.heartbeats:
             try:
                 recovery.forget_node(self.node)

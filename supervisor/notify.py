@@ -79,8 +79,11 @@ class ReadyListener:
                 conn.autocommit = True
                 conn.execute(f"LISTEN {CHANNEL}")
         except Exception as exc:
-            log.warning("Cannot LISTEN for new tasks (polling meanwhile): %s", " ".join(str(exc).split()),
-                        extra={"event": "listen_failed"})
+            log.warning(
+                "Cannot LISTEN for new tasks (polling meanwhile): %s",
+                " ".join(str(exc).split()),
+                extra={"event": "listen_failed"},
+            )
             self.retry_at = now + self.retry_delay
             self.retry_delay = min(RECONNECT_MAX, self.retry_delay * 2)
             return False
@@ -105,8 +108,11 @@ class ReadyListener:
                 if pgconn.status != 0:  # CONNECTION_OK
                     raise ConnectionError("the LISTEN connection closed")
         except Exception as exc:
-            log.warning("LISTEN connection lost (polling meanwhile): %s", " ".join(str(exc).split()),
-                        extra={"event": "listen_lost"})
+            log.warning(
+                "LISTEN connection lost (polling meanwhile): %s",
+                " ".join(str(exc).split()),
+                extra={"event": "listen_lost"},
+            )
             self.close()
         now_wall = self.wall()
         queues = []

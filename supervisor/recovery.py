@@ -14,8 +14,7 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from task_supervisor.compat import TaskBackend
@@ -103,8 +102,9 @@ def finish(backend: TaskBackend, lost: LostTask, policy_for: PolicyFor, rng: ran
     return outcomes
 
 
-def _finish_row(backend: TaskBackend, row: Any, lost: LostTask, policy: RetryPolicy | None,
-                rng: random.Random) -> Outcome:
+def _finish_row(
+    backend: TaskBackend, row: Any, lost: LostTask, policy: RetryPolicy | None, rng: random.Random
+) -> Outcome:
     from django.utils import timezone
 
     attempts = len(row.worker_ids)
@@ -131,15 +131,14 @@ def _finish_row(backend: TaskBackend, row: Any, lost: LostTask, policy: RetryPol
     return Outcome(str(row.id), "FAILED", attempts, row.task_path, last_attempt=last_attempt)
 
 
-def _retry(backend: TaskBackend, row: Any, status: str, policy: RetryPolicy, attempts: int,
-           rng: random.Random) -> Outcome:
+def _retry(
+    backend: TaskBackend, row: Any, status: str, policy: RetryPolicy, attempts: int, rng: random.Random
+) -> Outcome:
     """Back to READY on the same row, after the backoff; the last error stays until then."""
     from django.utils import timezone
 
     run_after = timezone.now() + timedelta(seconds=retry_delay(policy, attempts, rng))
-    backend.model.objects.filter(id=row.id, status=status).update(
-        status="READY", run_after=run_after, finished_at=None
-    )
+    backend.model.objects.filter(id=row.id, status=status).update(status="READY", run_after=run_after, finished_at=None)
     return Outcome(str(row.id), "READY", attempts, row.task_path, run_after=run_after)
 
 
@@ -190,7 +189,7 @@ def ready_by_queue(backend: TaskBackend) -> list[tuple[str, int, Any]]:
 def _date_max() -> datetime:
     from django.conf import settings
 
-    return datetime(9999, 1, 1, tzinfo=dt_timezone.utc if settings.USE_TZ else None)
+    return datetime(9999, 1, 1, tzinfo=UTC if settings.USE_TZ else None)
 
 
 def heartbeats_installed() -> bool:
@@ -220,9 +219,7 @@ def dead_nodes(node_timeout: float, me: str) -> list[str]:
     from task_supervisor.models import NodeHeartbeat
 
     threshold = timezone.now() - timedelta(seconds=node_timeout)
-    return list(
-        NodeHeartbeat.objects.filter(last_seen__lt=threshold).exclude(node=me).values_list("node", flat=True)
-    )
+    return list(NodeHeartbeat.objects.filter(last_seen__lt=threshold).exclude(node=me).values_list("node", flat=True))
 
 
 def forget_node(node: str, only_if_older_than: float | None = None) -> None:

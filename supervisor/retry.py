@@ -74,8 +74,10 @@ def _on_problems(key: str, policy: RetryPolicy) -> list[str]:
     for name in policy.on:
         cls = _resolve(name)
         if cls is None or not issubclass(cls, BaseException):
-            found.append(f"{key} entry {name!r} is not an exception class; use a dotted path such as "
-                         "'smtplib.SMTPException' or a builtin such as 'ConnectionError'.")
+            found.append(
+                f"{key} entry {name!r} is not an exception class; use a dotted path such as "
+                "'smtplib.SMTPException' or a builtin such as 'ConnectionError'."
+            )
     return found
 
 

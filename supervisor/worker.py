@@ -176,7 +176,10 @@ def _hook_signals(backend: Any, reporter: protocol.Reporter, spec: ChildSpec) ->
         status = getattr(task_result.status, "value", task_result.status)
         current.task_id = None
         reporter.send(
-            protocol.TASK_FINISHED, task_id=str(task_result.id), status=str(status), exception=_exception_path(task_result)
+            protocol.TASK_FINISHED,
+            task_id=str(task_result.id),
+            status=str(status),
+            exception=_exception_path(task_result),
         )
         proctitle.set_title(f"task-supervisor: {spec.pool}[{spec.slot}] idle")
 

@@ -26,9 +26,7 @@ PG_USER = "postgres"
 T = TypeVar("T")
 
 
-def wait_until(
-    predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, message: str = ""
-) -> T:
+def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, message: str = "") -> T:
     """Poll until ``predicate`` returns something truthy; fail with ``message`` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -160,7 +158,7 @@ class SupervisorProcess:
     def start(self) -> SupervisorProcess:
         self.write_config(self.config_text)
         env = {**os.environ, **self.db.env, **self.extra_env, "PYTHONUNBUFFERED": "1"}
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "task_supervisor", "run", "-c", str(self.config_path)],
             cwd=self.workdir,
@@ -181,7 +179,9 @@ class SupervisorProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_log(self, text: str, timeout: float = 20.0, count: int = 1) -> None:
-        wait_until(lambda: self.log().count(text) >= count, timeout, message=f"{text!r} x{count} in log:\n{self.tail()}")
+        wait_until(
+            lambda: self.log().count(text) >= count, timeout, message=f"{text!r} x{count} in log:\n{self.tail()}"
+        )
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log().splitlines()[-lines:])

@@ -14,8 +14,12 @@ from tests.support import ROOT
 
 def test_wheel_installs_and_imports_in_a_clean_venv(tmp_path: Path):
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = dist.glob("task_supervisor-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "task_supervisor/migrations/0001_initial.py" in names

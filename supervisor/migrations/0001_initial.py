@@ -4,41 +4,39 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='NodeHeartbeat',
+            name="NodeHeartbeat",
             fields=[
-                ('node', models.CharField(max_length=64, primary_key=True, serialize=False)),
-                ('pid', models.IntegerField()),
-                ('pools', models.JSONField(default=list)),
-                ('started_at', models.DateTimeField()),
-                ('last_seen', models.DateTimeField(db_index=True)),
+                ("node", models.CharField(max_length=64, primary_key=True, serialize=False)),
+                ("pid", models.IntegerField()),
+                ("pools", models.JSONField(default=list)),
+                ("started_at", models.DateTimeField()),
+                ("last_seen", models.DateTimeField(db_index=True)),
             ],
             options={
-                'verbose_name': 'node heartbeat',
+                "verbose_name": "node heartbeat",
             },
         ),
         migrations.CreateModel(
-            name='ScheduleRun',
+            name="ScheduleRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('schedule', models.CharField(max_length=200)),
-                ('slot', models.DateTimeField(help_text="The slot's time, in UTC.")),
-                ('task_result_id', models.CharField(blank=True, max_length=64)),
-                ('enqueued_at', models.DateTimeField(auto_now_add=True)),
-                ('node', models.CharField(blank=True, max_length=64)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("schedule", models.CharField(max_length=200)),
+                ("slot", models.DateTimeField(help_text="The slot's time, in UTC.")),
+                ("task_result_id", models.CharField(blank=True, max_length=64)),
+                ("enqueued_at", models.DateTimeField(auto_now_add=True)),
+                ("node", models.CharField(blank=True, max_length=64)),
             ],
             options={
-                'verbose_name': 'schedule run',
-                'ordering': ['-slot'],
-                'indexes': [models.Index(fields=['schedule', '-slot'], name='task_supervisor_sched_idx')],
-                'constraints': [models.UniqueConstraint(fields=('schedule', 'slot'), name='task_supervisor_slot_once')],
+                "verbose_name": "schedule run",
+                "ordering": ["-slot"],
+                "indexes": [models.Index(fields=["schedule", "-slot"], name="task_supervisor_sched_idx")],
+                "constraints": [models.UniqueConstraint(fields=("schedule", "slot"), name="task_supervisor_slot_once")],
             },
         ),
     ]

@@ -58,7 +58,9 @@ def test_settings_that_do_not_import(tmp_path):
 
 
 def test_a_backend_that_is_not_a_database_backend(tmp_path, db):
-    result = run_cli(tmp_path, "run", config_toml(POOL).replace("tsproject.settings", "tsproject.settings_immediate"), **db.env)
+    result = run_cli(
+        tmp_path, "run", config_toml(POOL).replace("tsproject.settings", "tsproject.settings_immediate"), **db.env
+    )
     assert result.returncode == exitcodes.EX_SETTINGS
     line = one_line(result)
     assert "ImmediateBackend, which is not a database backend" in line and "django-tasks-db" in line
@@ -78,7 +80,9 @@ def test_an_unreachable_database(tmp_path):
 
 
 def test_an_unmigrated_database(tmp_path):
-    result = run_cli(tmp_path, "run", config_toml(POOL), TS_DB_ENGINE="sqlite", TS_DB_NAME=str(tmp_path / "empty.sqlite3"))
+    result = run_cli(
+        tmp_path, "run", config_toml(POOL), TS_DB_ENGINE="sqlite", TS_DB_NAME=str(tmp_path / "empty.sqlite3")
+    )
     assert result.returncode == exitcodes.EX_DATABASE
     assert "run `manage.py migrate` first" in one_line(result)
 
@@ -106,4 +110,3 @@ def test_missing_config_file(tmp_path, command):
     )
     assert result.returncode in (exitcodes.EX_CONFIG, exitcodes.EX_CHECK_FAILED)
     assert "no such file" in one_line(result)
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
@@ -33,7 +34,9 @@ def test_a_task_that_fails_twice_succeeds_on_its_third_attempt(supervisor, db, t
 def test_a_task_that_always_fails_stops_after_max_attempts_with_growing_delays(supervisor, db, tmp_path):
     from tsapp import tasks
 
-    policy = retries("tsapp.tasks.always_fails", 'max_attempts = 3\ndelay = "500ms"\nbackoff = "exponential"\njitter = false')
+    policy = retries(
+        "tsapp.tasks.always_fails", 'max_attempts = 3\ndelay = "500ms"\nbackoff = "exponential"\njitter = false'
+    )
     sup = supervisor(config_toml(ONE_POOL + policy))
     attempts = tmp_path / "attempts"
     result = tasks.always_fails.enqueue(str(attempts))
@@ -44,7 +47,7 @@ def test_a_task_that_always_fails_stops_after_max_attempts_with_growing_delays(s
     assert failed.exception_class_path == "builtins.ConnectionError"
     assert "always fails" in failed.traceback
     times = [float(t) for t in attempts.read_text().split()]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] >= 0.5 and gaps[1] >= 1.0, gaps  # 500ms, then doubled
 
 
@@ -62,7 +65,9 @@ def test_an_exception_not_listed_is_not_retried(supervisor, db, tmp_path):
 def test_a_lost_worker_is_an_attempt_a_policy_can_name(supervisor, db, tmp_path):
     from tsapp import tasks
 
-    pool = ONE_POOL + '\n[pools.default.retries]\nmax_attempts = 2\ndelay = "100ms"\non = ["task_supervisor.WorkerLost"]\n'
+    pool = (
+        ONE_POOL + '\n[pools.default.retries]\nmax_attempts = 2\ndelay = "100ms"\non = ["task_supervisor.WorkerLost"]\n'
+    )
     sup = supervisor(config_toml(pool))
     failed = wait_finished(tasks.exit_process.enqueue(3))
     assert failed.exception_class_path == LOST_CLASS
@@ -77,8 +82,12 @@ def test_check_reports_bad_retry_policies(tmp_path, db):
     path.write_text(text)
     import os
 
-    result = subprocess.run([sys.executable, "-m", "task_supervisor", "check", "-c", str(path)],
-                            capture_output=True, text=True, env={**os.environ, **db.env})
+    result = subprocess.run(
+        [sys.executable, "-m", "task_supervisor", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **db.env},
+    )
     assert result.returncode == exitcodes.EX_CHECK_FAILED
     assert 'retries."tsapp.tasks.nope": the task does not import' in result.stderr
     assert "entry 'NotAnError' is not an exception class" in result.stderr

@@ -37,13 +37,24 @@ class Setup:
         self.venv, self.project, self.settings, self.engine = venv_dir, project, settings, engine
         self.workdir = workdir
         self.name = str(workdir / "db.sqlite3") if engine == "sqlite" else f"ts_setup_{uuid.uuid4().hex[:8]}"
-        self.env = {**os.environ, "TS_DB_ENGINE": engine, "TS_DB_NAME": self.name,
-                    "DJANGO_SETTINGS_MODULE": settings, "PYTHONPATH": str(project)}
+        self.env = {
+            **os.environ,
+            "TS_DB_ENGINE": engine,
+            "TS_DB_NAME": self.name,
+            "DJANGO_SETTINGS_MODULE": settings,
+            "PYTHONPATH": str(project),
+        }
         self.proc: subprocess.Popen[bytes] | None = None
 
     def python(self, *args: str) -> str:
-        out = subprocess.run([str(self.venv / "bin" / "python"), *args], cwd=self.project, env=self.env,
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [str(self.venv / "bin" / "python"), *args],
+            cwd=self.project,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout
 
@@ -65,12 +76,13 @@ class Setup:
             with pg_connect(self.name) as conn:
                 found = conn.execute(query).fetchall()
         # SQLite returns JSON columns as text; psycopg decodes jsonb itself.
-        decode = (lambda v: json.loads(v) if isinstance(v, str) else v) if self.engine == "sqlite" else (lambda v: v)  # noqa: E731
+        decode = (lambda v: json.loads(v) if isinstance(v, str) else v) if self.engine == "sqlite" else (lambda v: v)
         return {str(uuid.UUID(str(i))): (s, decode(w), decode(r)) for i, s, w, r in found}
 
     def start(self) -> None:
         config = self.workdir / "config.toml"
-        config.write_text(textwrap.dedent(f"""\
+        config.write_text(
+            textwrap.dedent(f"""\
             [django]
             settings = "{self.settings}"
             pythonpath = ["{self.project}"]
@@ -80,10 +92,16 @@ class Setup:
             [pools.default]
             processes = 2
             interval = "100ms"
-            """))
-        self.log = open(self.workdir / "supervisor.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([str(self.venv / "bin" / "task-supervisor"), "run", "-c", str(config)],
-                                     env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            """)
+        )
+        self.log = open(self.workdir / "supervisor.log", "wb")
+        self.proc = subprocess.Popen(
+            [str(self.venv / "bin" / "task-supervisor"), "run", "-c", str(config)],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def stop(self) -> int:
         assert self.proc is not None
@@ -129,12 +147,13 @@ def setup_factory(tmp_path):
 @pytest.mark.parametrize("engine", ["sqlite", "postgres"])
 def test_setup_b_django_52_with_the_backport_and_django_tasks_db(setup_factory, engine):
     setup = setup_factory("b", PROJECT, "tsproject.settings", engine)
-    ids = setup.enqueue("import json; from tsapp.tasks import add; "
-                        "print(json.dumps([str(add.enqueue(i, 1).id) for i in range(6)]))")
+    ids = setup.enqueue(
+        "import json; from tsapp.tasks import add; print(json.dumps([str(add.enqueue(i, 1).id) for i in range(6)]))"
+    )
     setup.start()
     rows = setup.wait_done(ids, "SUCCESSFUL")
     for task_id in ids:
-        _, workers, value = rows[task_id]
+        _, workers, _value = rows[task_id]
         assert len(workers) == 1 and workers[0].startswith("compat:default:")
     assert sorted(rows[i][2] for i in ids) == [1, 2, 3, 4, 5, 6]
     assert setup.stop() == exitcodes.EX_OK
@@ -144,10 +163,12 @@ def test_setup_b_django_52_with_the_backport_and_django_tasks_db(setup_factory, 
 def test_setup_c_the_guides_greet_user_under_the_supervisor(setup_factory, engine):
     setup = setup_factory("c", GUIDE, "guide.settings", engine)
     setup.start()
-    ids = setup.enqueue("import json; from worker_test.tasks import greet_user; "
-                        "print(json.dumps([str(greet_user.enqueue(name='michaelyin').id)]))")
+    ids = setup.enqueue(
+        "import json; from worker_test.tasks import greet_user; "
+        "print(json.dumps([str(greet_user.enqueue(name='michaelyin').id)]))"
+    )
     rows = setup.wait_done(ids, "SUCCEEDED")
-    status, workers, value = rows[ids[0]]
+    _status, workers, value = rows[ids[0]]
     assert value == "Hello, michaelyin! Task completed successfully."
     assert workers[0].startswith("compat:default:")
     assert setup.stop() == exitcodes.EX_OK

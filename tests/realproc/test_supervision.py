@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from task_supervisor import exitcodes
 from tests.support import config_toml, wait_until
@@ -146,7 +145,7 @@ def test_sigquit_stops_at_once(supervisor, db):
     children = sup.wait_children(3)
     sup.signal(signal.SIGQUIT)
     assert sup.wait_exit(timeout=15) == exitcodes.EX_FORCED
-    gone, alive = psutil.wait_procs(children, timeout=5)
+    _gone, alive = psutil.wait_procs(children, timeout=5)
     assert not alive
 
 
@@ -181,7 +180,7 @@ def test_hup_adds_removes_and_rolls_pools(supervisor, db):
     result = tasks.report.enqueue(7)
     wait_status(result, "SUCCESSFUL")
 
-    sup.write_config(config_toml("[pools.reports]\nqueues = [\"reports\"]\n"))
+    sup.write_config(config_toml('[pools.reports]\nqueues = ["reports"]\n'))
     sup.signal(signal.SIGHUP)
     sup.wait_log("Pool default removed")
     sup.wait_children(1)
@@ -208,7 +207,7 @@ def test_children_exit_when_the_supervisor_is_killed(supervisor, db, tmp_path: P
     children = sup.wait_children(3)
     sup.signal(signal.SIGKILL)
     sup.wait_exit()
-    gone, alive = psutil.wait_procs(children, timeout=15)
+    _gone, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, alive
     # The busy child finished its task before leaving.
     assert status_of(running) == "SUCCESSFUL"

@@ -29,8 +29,17 @@ def problems(tmp_path: Path, text: str) -> list[str]:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [(5, 5.0), (0.25, 0.25), ("250ms", 0.25), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0),
-     ("1h30m", 5400.0), ("1.5s", 1.5), ("2d", 172800.0)],
+    [
+        (5, 5.0),
+        (0.25, 0.25),
+        ("250ms", 0.25),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("1h30m", 5400.0),
+        ("1.5s", 1.5),
+        ("2d", 172800.0),
+    ],
 )
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
@@ -50,7 +59,10 @@ def test_sizes(text, size):
 
 
 def test_full_config(tmp_path):
-    config = load_config(write(tmp_path, """
+    config = load_config(
+        write(
+            tmp_path,
+            """
         [django]
         settings = "mysite.settings"
         pythonpath = [".", "src"]
@@ -78,7 +90,9 @@ def test_full_config(tmp_path):
 
         [scheduler]
         enabled = false
-    """.replace("\n        ", "\n")))
+    """.replace("\n        ", "\n"),
+        )
+    )
     assert config.django.settings == "mysite.settings"
     assert config.pythonpath_dirs() == [str(tmp_path.resolve()), str((tmp_path / "src").resolve())]
     assert config.supervisor.graceful_timeout == 45 and config.supervisor.http == ""
@@ -101,7 +115,9 @@ def test_defaults(tmp_path):
 
 
 def test_every_problem_is_listed_with_key_path_and_fix(tmp_path):
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
 [django]
 settings = "s"
 [supervisor]
@@ -114,24 +130,31 @@ proceses = 3
 [pools.reports]
 start = "spawn"
 on_worker_lost = "retry"
-""")
-    assert sorted(found) == sorted([
-        "Unknown key supervisor.gracefull_timeout; did you mean supervisor.graceful_timeout?",
-        "supervisor.http must be a listen address \"HOST:PORT\", got 'nowhere'; use \"HOST:PORT\", or \"\" to turn the listener off.",
-        "pools.default.processes must be an integer of at least 1 or { min = 1, max = 8 }, got 0.",
-        "pools.default.interval must be a duration, got '5 parsecs'; use seconds or a string such as \"250ms\", \"30s\", \"5m\", \"1h\".",
-        "Unknown key pools.default.proceses; did you mean pools.default.processes?",
-        "pools.reports.start must be \"fork\" or \"exec\", got 'spawn'.",
-        "pools.reports.on_worker_lost must be \"fail\" or \"requeue\", got 'retry'.",
-    ])
+""",
+    )
+    assert sorted(found) == sorted(
+        [
+            "Unknown key supervisor.gracefull_timeout; did you mean supervisor.graceful_timeout?",
+            'supervisor.http must be a listen address "HOST:PORT", got \'nowhere\'; '
+            'use "HOST:PORT", or "" to turn the listener off.',
+            "pools.default.processes must be an integer of at least 1 or { min = 1, max = 8 }, got 0.",
+            "pools.default.interval must be a duration, got '5 parsecs'; "
+            'use seconds or a string such as "250ms", "30s", "5m", "1h".',
+            "Unknown key pools.default.proceses; did you mean pools.default.processes?",
+            'pools.reports.start must be "fork" or "exec", got \'spawn\'.',
+            'pools.reports.on_worker_lost must be "fail" or "requeue", got \'retry\'.',
+        ]
+    )
 
 
 def test_autoscaled_processes(tmp_path):
     config = load_config(write(tmp_path, '[django]\nsettings = "s"\n[pools.a]\nprocesses = { min = 2, max = 8 }\n'))
     assert (config.pools["a"].processes, config.pools["a"].max_processes) == (2, 8)
     found = problems(tmp_path, '[django]\nsettings = "s"\n[pools.a]\nprocesses = { min = 3, max = 2 }\n')
-    assert found == ["pools.a.processes must be an integer of at least 1 or { min = 1, max = 8 }, got "
-                     "{'min': 3, 'max': 2}; min 3 is above max 2."]
+    assert found == [
+        "pools.a.processes must be an integer of at least 1 or { min = 1, max = 8 }, got "
+        "{'min': 3, 'max': 2}; min 3 is above max 2."
+    ]
 
 
 def test_bad_toml_names_the_line(tmp_path):
@@ -154,7 +177,9 @@ def test_unknown_table_and_wrong_table_type(tmp_path):
 
 
 def test_worker_ids_must_fit_db_worker(tmp_path):
-    (problem,) = problems(tmp_path, f'[django]\nsettings = "s"\n[supervisor]\nnode = "{"n" * 40}"\n[pools.a-long-pool-name]\n')
+    (problem,) = problems(
+        tmp_path, f'[django]\nsettings = "s"\n[supervisor]\nnode = "{"n" * 40}"\n[pools.a-long-pool-name]\n'
+    )
     assert "worker ids longer than 64 characters" in problem
 
 

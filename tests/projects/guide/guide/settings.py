@@ -10,14 +10,14 @@ DEBUG = True
 USE_TZ = True
 
 INSTALLED_APPS = [
-    'django_tasks',                   # new
-    'django_tasks.backends.database'  # new
+    "django_tasks",  # new
+    "django_tasks.backends.database",  # new
 ]
 INSTALLED_APPS += ["worker_test"]
 
 TASKS = {
-    'default': {
-        'BACKEND': 'django_tasks.backends.database.DatabaseBackend',
+    "default": {
+        "BACKEND": "django_tasks.backends.database.DatabaseBackend",
     },
 }
 

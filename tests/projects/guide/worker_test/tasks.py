@@ -1,7 +1,8 @@
-from django_tasks import task
 import time
- 
- 
+
+from django_tasks import task
+
+
 @task
 def greet_user(name):
     """Simple task that creates a greeting"""
