@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import enum
 import errno
+import json
 import logging
 import os
 import random
@@ -25,6 +26,7 @@ from task_supervisor import __version__, exitcodes, signals
 from task_supervisor.child import Child, ChildState, ExitReason, describe_status
 from task_supervisor.compat import TaskBackend
 from task_supervisor.config import Config, ConfigError, PoolConfig, load_config
+from task_supervisor import endpoints, exposition
 from task_supervisor.janitor import Janitor
 from task_supervisor.notify import ReadyListener
 from task_supervisor.pool import Pool, Slot, recycle_after
@@ -77,10 +79,40 @@ class Supervisor:
         self.janitor = Janitor(config, backends, clock, self.stats, self.rng) if backends else None
         self.listeners = _listeners(backends or {})
         self.next_memory_check = 0.0
+        self.servers: list[endpoints._Server] = []
+        self.processes: dict[int, psutil.Process] = {}  # pid -> psutil handle, for status
 
     # -- life cycle ------------------------------------------------------------------------
 
+    def start_servers(self) -> None:
+        """The HTTP listener and the control socket; OSError or SupervisorRunning if they cannot."""
+        address = self.config.supervisor.http
+        if address:
+            metrics = exposition.Metrics(self.snapshot, self.stats)
+            routes = {
+                "/livez": lambda: exposition.livez(self.snapshot()),
+                "/readyz": lambda: exposition.readyz(self.snapshot()),
+                "/metrics": metrics.response,
+            }
+            self.servers.append(endpoints.HttpServer(address, routes, self.clock))
+        path = self.config.supervisor.control_socket or endpoints.default_socket_path(self.config.supervisor.node)
+        self.servers.append(endpoints.ControlServer(path, self.control_answer, self.clock))
+        for server in self.servers:
+            server.start(self.selector)
+
+    def control_answer(self, command: str) -> bytes:
+        if command == "status":
+            return json.dumps(self.snapshot()).encode()
+        return json.dumps({"error": f"unknown command {command!r}; try status"}).encode()
+
     def run(self) -> int:
+        try:
+            self.start_servers()
+        except (OSError, endpoints.SupervisorRunning) as exc:
+            for server in self.servers:
+                server.close()
+            log.critical("Cannot listen: %s", exc, extra={"event": "listen_failed"})
+            return exitcodes.EX_CONFIG
         self.signals.install()
         self.selector.register(self.signals.wake_r, selectors.EVENT_READ, None)
         log.info(
@@ -100,6 +132,8 @@ class Supervisor:
                 self.enforce_deadlines(now)
                 self.watch_memory(now)
                 self.listen(now)
+                for server in self.servers:
+                    server.tick(now)
                 if self.janitor is not None:
                     self.janitor.tick(now, self.live_worker_ids(), list(self.pools))
                 if self.phase is Phase.RUNNING:
@@ -125,6 +159,8 @@ class Supervisor:
             self.janitor.flush(self.clock() + EXIT_FLUSH_TIME)
         for listener in self.listeners:
             listener.close()
+        for server in self.servers:
+            server.close()
         self.signals.uninstall()
         self.selector.close()
         self.signals.close()
@@ -138,6 +174,9 @@ class Supervisor:
             _close(fd)
         for listener in self.listeners:
             if (fd := listener.fileno()) is not None:
+                _close(fd)
+        for server in self.servers:
+            for fd in server.fds():
                 _close(fd)
         try:
             self.selector.close()
@@ -154,6 +193,7 @@ class Supervisor:
         moments += [t for c in self.children.values() if (t := self.timeout_moment(c)) is not None]
         if self.janitor is not None and (due := self.janitor.next_due()) is not None:
             moments.append(due)
+        moments += [t for server in self.servers if (t := server.next_deadline()) is not None]
         for listener in self.listeners:
             if (later := listener.next_due_in()) is not None:
                 moments.append(now + later)
@@ -166,8 +206,10 @@ class Supervisor:
         return max(0.0, min(moments) - now)
 
     def wait_for_events(self, timeout: float) -> None:
-        for key, _ in self.selector.select(timeout):
-            if key.data is None:
+        for key, mask in self.selector.select(timeout):
+            if hasattr(key.data, "on_event"):
+                key.data.on_event(mask)
+            elif key.data is None:
                 self.signals.drain_wakeups()
             elif isinstance(key.data, Child):
                 self.read_reports(key.data)
@@ -321,6 +363,7 @@ class Supervisor:
         if child.task is not None or os.waitstatus_to_exitcode(status) != 0:
             self.task_lost(child, how)
         self.successor.pop(child.pid, None)
+        self.processes.pop(child.pid, None)
         self.stats.restarts[(child.spec.pool, reason.value)] += 1
         pool_slot = self.slot_of.pop(child.pid, None)
         if pool_slot is not None and pool_slot[1].child is child:
@@ -648,7 +691,8 @@ class Supervisor:
     def child_snapshot(self, child: Child, now: float, wall: float) -> dict[str, Any]:
         rss = cpu = None
         try:
-            proc = psutil.Process(child.pid)
+            # The same Process object across calls: cpu_percent measures since the last call.
+            proc = self.processes.get(child.pid) or self.processes.setdefault(child.pid, psutil.Process(child.pid))
             rss, cpu = proc.memory_info().rss, proc.cpu_percent(interval=None)
         except psutil.Error:
             pass

@@ -23,15 +23,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("run", "run every pool (and the scheduler) in the foreground"),
         ("check", "validate config.toml, Django settings, backends and the database; start nothing"),
+        ("status", "show the running supervisor's pools, children and current tasks"),
     ):
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("-c", "--config", required=True, metavar="FILE", help="path of config.toml")
+        if name == "status":
+            sub.add_argument("--json", action="store_true", help="print the snapshot as JSON, for scripts")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "check": cmd_check}[args.command]
+    handler = {"run": cmd_run, "check": cmd_check, "status": cmd_status}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -60,6 +63,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     from task_supervisor.arbiter import Supervisor
 
     return Supervisor(config, backends).run()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from task_supervisor import endpoints, statustext
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(exitcodes.EX_CONFIG, str(exc))
+    path = config.supervisor.control_socket or endpoints.default_socket_path(config.supervisor.node)
+    try:
+        snapshot = json.loads(endpoints.query(path))
+    except endpoints.SupervisorNotRunning as exc:
+        return _fail(exitcodes.EX_CHECK_FAILED, str(exc))
+    except (OSError, ValueError) as exc:
+        return _fail(exitcodes.EX_CHECK_FAILED, f"The supervisor on {path} did not answer: {exc}.")
+    if args.json:
+        print(json.dumps(snapshot, indent=2))
+    else:
+        print(statustext.render(snapshot), end="")
+    return exitcodes.EX_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:

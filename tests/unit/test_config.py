@@ -135,7 +135,7 @@ on_worker_lost = "retry"
     assert sorted(found) == sorted(
         [
             "Unknown key supervisor.gracefull_timeout; did you mean supervisor.graceful_timeout?",
-            'supervisor.http must be a listen address "HOST:PORT", got \'nowhere\'; '
+            "supervisor.http must be a listen address \"HOST:PORT\", got 'nowhere'; "
             'use "HOST:PORT", or "" to turn the listener off.',
             "pools.default.processes must be an integer of at least 1 or { min = 1, max = 8 }, got 0.",
             "pools.default.interval must be a duration, got '5 parsecs'; "

@@ -1,0 +1,165 @@
+"""What the endpoints say: liveness, readiness, Prometheus metrics, and the status text."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from task_supervisor.endpoints import Response
+from task_supervisor.stats import Stats
+
+Snapshot = dict[str, Any]
+
+
+def livez(snapshot: Snapshot) -> Response:
+    """The loop is turning (this answer comes from it); never touches the database."""
+    return Response(200, _json({"status": "alive", "phase": snapshot["phase"]}))
+
+
+def readiness(snapshot: Snapshot) -> list[str]:
+    """Why the supervisor is not ready; empty when it is."""
+    reasons = []
+    if snapshot["phase"] != "running":
+        reasons.append(f"supervisor is {snapshot['phase']}")
+    if not snapshot["database"]["ok"]:
+        reasons.append(f"database unreachable: {snapshot['database']['error']}")
+    for pool in snapshot["pools"]:
+        if pool["backing_off"]:
+            reason = f": {pool['last_error']}" if pool["last_error"] else ""
+            reasons.append(f"pool {pool['name']} is backing off after failures{reason}")
+    return reasons
+
+
+def readyz(snapshot: Snapshot) -> Response:
+    reasons = readiness(snapshot)
+    if reasons:
+        return Response(503, _json({"ready": False, "reasons": reasons}))
+    return Response(200, _json({"ready": True}))
+
+
+def _json(data: Any) -> bytes:
+    return json.dumps(data).encode() + b"\n"
+
+
+class SupervisorCollector(Collector):
+    """Reads the supervisor's snapshot and counters at each scrape."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], stats: Stats) -> None:
+        self.snapshot = snapshot
+        self.stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        snap, stats = self.snapshot(), self.stats
+        info = InfoMetricFamily("task_supervisor", "The supervisor's version and node.")
+        info.add_metric([], {"version": snap["version"], "node": snap["node"]})
+        yield info
+        yield _gauge(
+            "task_supervisor_uptime_seconds", "Seconds since the supervisor started.", [], [([], snap["uptime"])]
+        )
+        children = GaugeMetricFamily(
+            "task_supervisor_children", "Children per pool and state.", labels=["pool", "state"]
+        )
+        size = GaugeMetricFamily(
+            "task_supervisor_pool_processes", "Pool size: desired, min and max.", labels=["pool", "bound"]
+        )
+        for pool in snap["pools"]:
+            for state in ("starting", "idle", "busy", "stopping"):
+                count = sum(1 for c in pool["children"] if c["state"] == state)
+                children.add_metric([pool["name"], state], count)
+            for bound in ("desired", "min", "max"):
+                size.add_metric([pool["name"], bound], pool[bound])
+        yield children
+        yield size
+        yield _counter(
+            "task_supervisor_restarts", "Child exits by pool and reason.", ["pool", "reason"], stats.restarts
+        )
+        yield _counter(
+            "task_supervisor_tasks_started",
+            "Tasks started per pool.",
+            ["pool"],
+            {(k,): v for k, v in stats.tasks_started.items()},
+        )
+        yield _counter(
+            "task_supervisor_tasks_finished",
+            "Tasks finished per pool and status.",
+            ["pool", "status"],
+            stats.tasks_finished,
+        )
+        yield _counter(
+            "task_supervisor_timeouts",
+            "Task timeouts: soft (TaskTimeout raised) or hard (killed).",
+            ["pool", "kind"],
+            stats.timeouts,
+        )
+        yield _counter(
+            "task_supervisor_lost_tasks", "Tasks whose worker died, by outcome.", ["pool", "outcome"], stats.lost_tasks
+        )
+        yield _counter(
+            "task_supervisor_retries",
+            "Retries scheduled and retry budgets exhausted.",
+            ["pool", "outcome"],
+            stats.retries,
+        )
+        yield _counter(
+            "task_supervisor_scale_events", "Autoscaling decisions.", ["pool", "direction"], stats.scale_events
+        )
+        yield _gauge(
+            "task_supervisor_queue_depth",
+            "READY tasks that may run now, per queue.",
+            ["queue"],
+            [([q], n) for q, n in stats.queue_depth.items()],
+        )
+        yield _gauge(
+            "task_supervisor_oldest_ready_age_seconds",
+            "Age of the oldest READY task, per queue.",
+            ["queue"],
+            [([q], a) for q, a in stats.oldest_ready_age.items()],
+        )
+        yield _counter(
+            "task_supervisor_schedule_slots_fired",
+            "Scheduler slots enqueued, per schedule.",
+            ["schedule"],
+            {(k,): v for k, v in stats.slots_fired.items()},
+        )
+        yield _gauge(
+            "task_supervisor_schedule_lag_seconds",
+            "Lag of the latest slot fired, per schedule.",
+            ["schedule"],
+            [([k], v) for k, v in stats.slot_lag.items()],
+        )
+        yield _gauge(
+            "task_supervisor_database_up",
+            "1 when the supervisor's last database work succeeded.",
+            [],
+            [([], 1.0 if snap["database"]["ok"] else 0.0)],
+        )
+
+
+def _gauge(name: str, text: str, labels: list[str], values: list[tuple[list[str], float]]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, text, labels=labels)
+    for label_values, value in values:
+        family.add_metric(label_values, value)
+    return family
+
+
+def _counter(name: str, text: str, labels: list[str], counts: Any) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, text, labels=labels)
+    for key, value in sorted(counts.items()):
+        family.add_metric(list(key), value)
+    return family
+
+
+class Metrics:
+    """A private registry (never the process-global one) with the supervisor's collector."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], stats: Stats) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SupervisorCollector(snapshot, stats))
+
+    def response(self) -> Response:
+        return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)

@@ -1,0 +1,57 @@
+"""`task-supervisor status`: the running supervisor's pools and children, for a terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}MiB"
+
+
+def _cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
+def render(snapshot: dict[str, Any]) -> str:
+    lines = [
+        f"node {snapshot['node']}  pid {snapshot['pid']}  {snapshot['phase']}  up {snapshot['uptime']:.0f}s  "
+        f"task-supervisor {snapshot['version']}",
+        f"database: {'ok' if snapshot['database']['ok'] else 'DOWN: ' + str(snapshot['database']['error'])}",
+    ]
+    for pool in snapshot["pools"]:
+        size = f"{len(pool['children'])}/{pool['desired']}"
+        if pool["min"] != pool["max"]:
+            size += f" (autoscale {pool['min']}..{pool['max']})"
+        flags = " backing off" if pool["backing_off"] else ""
+        lines.append("")
+        lines.append(
+            f"pool {pool['name']}  queues {','.join(pool['queues'])}  children {size}  "
+            f"restarts {pool['restarts']}{flags}"
+        )
+        if pool["last_error"]:
+            lines.append(f"  last error: {pool['last_error']}")
+        lines.append(
+            f"  {'SLOT':>4}  {'PID':>7}  {'STATE':<8}  {'WORKER ID':<32}  {'RSS':>7}  {'CPU':>4}  {'DONE':>5}  TASK"
+        )
+        for child in pool["children"]:
+            task = child["task"]
+            doing = "-" if task is None else f"{task['path']} {task['id']} for {task['running_for']:.1f}s"
+            lines.append(
+                f"  {child['slot']:>4}  {child['pid']:>7}  {child['state']:<8}  {child['worker_id']:<32}  "
+                f"{_mib(child['rss']):>7}  {_cpu(child['cpu_percent']):>4}  {child['tasks_done']:>5}  {doing}"
+            )
+    scheduler = snapshot.get("scheduler")
+    lines.append("")
+    lines.append("scheduler: " + ("off" if not scheduler else f"{scheduler.get('state')} pid {scheduler.get('pid')}"))
+    beat = snapshot["heartbeat"]
+    lines.append(
+        "heartbeat: "
+        + (f"last {beat['last_beat']} (node_timeout {beat['node_timeout']:g}s)" if beat["enabled"] else "off")
+    )
+    for retry in snapshot.get("retries", []):
+        lines.append(
+            f"retry: {retry['path']} {retry['task_id']} after attempt {retry['attempts']}, "
+            f"next at {retry['next_attempt_at']}"
+        )
+    return "\n".join(lines) + "\n"
