@@ -22,11 +22,10 @@ from typing import Any
 
 import psutil
 
-from task_supervisor import __version__, exitcodes, signals
+from task_supervisor import __version__, endpoints, exitcodes, exposition, signals
 from task_supervisor.child import Child, ChildState, ExitReason, describe_status
 from task_supervisor.compat import TaskBackend
 from task_supervisor.config import Config, ConfigError, PoolConfig, load_config
-from task_supervisor import endpoints, exposition
 from task_supervisor.janitor import Janitor
 from task_supervisor.notify import ReadyListener
 from task_supervisor.pool import Pool, Slot, recycle_after

@@ -101,7 +101,7 @@ def test_readyz_says_why_while_draining(supervisor, db, tmp_path):
     tasks.sleep.enqueue(2, str(marker))
     wait_until(marker.exists, message="the task to start")
     sup.signal(__import__("signal").SIGTERM)
-    code, body = wait_until(lambda: (r := get(port, "/readyz"))[0] == 503 and r, message="not ready")
+    _code, body = wait_until(lambda: (r := get(port, "/readyz"))[0] == 503 and r, message="not ready")
     assert json.loads(body) == {"ready": False, "reasons": ["supervisor is draining"]}
     assert get(port, "/livez")[0] == 200
     assert sup.wait_exit() == exitcodes.EX_OK
