@@ -465,6 +465,7 @@ class Supervisor:
             settings=self.config.django.settings,
             pythonpath=tuple(self.config.pythonpath_dirs()),
             persistent_connections=pool.persistent_connections,
+            log_format=self.config.supervisor.log_format,
         )
 
     def manage_pools(self, now: float) -> None:

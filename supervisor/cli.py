@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from task_supervisor import __version__, bootstrap, exitcodes
+from task_supervisor import __version__, bootstrap, exitcodes, jsonlog
 from task_supervisor.config import Config, ConfigError, load_config
 
 log = logging.getLogger("task_supervisor")
@@ -54,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(exitcodes.EX_CONFIG, str(exc))
     try:
         bootstrap.setup_django(config)
-        setup_logging()
+        setup_logging(config.supervisor.log_format)
         backends = bootstrap.resolve_backends(config)
         bootstrap.check_retries(config, backends)
         bootstrap.check_database(backends)
@@ -121,12 +121,7 @@ def check_problems(config: Config) -> list[str]:
     return problems
 
 
-class _Formatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s [task-supervisor] %(message)s")
-
-
-def setup_logging(level: int = logging.INFO) -> None:
+def setup_logging(log_format: str = "text", level: int = logging.INFO) -> None:
     """Our own handler on stderr; called after django.setup(), whose LOGGING may disable loggers."""
     root = logging.getLogger("task_supervisor")
     for name, logger in list(logging.Logger.manager.loggerDict.items()):
@@ -134,9 +129,7 @@ def setup_logging(level: int = logging.INFO) -> None:
             logger.disabled = False
     root.disabled = False
     root.handlers[:] = []
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
-    root.addHandler(handler)
+    root.addHandler(jsonlog.handler(sys.stderr, log_format))
     root.setLevel(level)
     root.propagate = False
 

@@ -47,6 +47,7 @@ class ChildSpec:
     settings: str
     pythonpath: tuple[str, ...]
     persistent_connections: bool = True
+    log_format: str = "text"
 
     def db_worker_argv(self) -> list[str]:
         argv = [
@@ -129,6 +130,8 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
     except Exception as exc:  # a boot failure of any kind is reported in one line
         reporter.send(protocol.BOOT_FAILED, reason=_one_line(exc))
         return CHILD_EXIT_BOOT_FAILED
+    if spec.log_format == "json":
+        _json_task_logs(backend)
     current = _hook_signals(backend, reporter, spec)
     worker_module = importlib.import_module(backend.worker_command)
     ControlChannel(control_fd, current).install(worker_module)
@@ -137,6 +140,19 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
     command = worker_module.Command()
     command.run_from_argv(["task-supervisor", "db_worker", *spec.db_worker_argv()])
     return CHILD_EXIT_OK
+
+
+def _json_task_logs(backend: Any) -> None:
+    """db_worker's own lines ("Task id=... state=...") as JSON too, one object per line."""
+    import logging
+
+    from task_supervisor import jsonlog
+
+    for name in (backend.framework, backend.package, "django_tasks", "django_tasks_db"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [jsonlog.handler(sys.stderr, "json")]
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
 
 
 def _keep_connections(alias: str) -> None:

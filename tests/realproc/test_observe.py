@@ -115,3 +115,16 @@ def test_a_second_supervisor_on_the_same_socket_is_refused(supervisor, db, tmp_p
     assert second.wait_exit() == exitcodes.EX_CONFIG
     assert "another supervisor is running with control socket" in second.log()
     assert first.proc.poll() is None
+
+
+def test_json_logs_are_one_object_per_line_with_context(supervisor, db):
+    from tsapp import tasks
+
+    sup = supervisor(config_toml(ONE_POOL, extra='log_format = "json"'))
+    wait_status(tasks.add.enqueue(1, 2), "SUCCESSFUL")
+    sup.signal(__import__("signal").SIGTERM)
+    assert sup.wait_exit() == exitcodes.EX_OK
+    records = [json.loads(line) for line in sup.log().splitlines() if line.strip()]
+    started = next(r for r in records if r.get("event") == "child_started")
+    assert started["pool"] == "default" and started["slot"] == 0 and started["pid"] > 0
+    assert any("state=SUCCESSFUL" in r["message"] for r in records)  # db_worker's own lines too

@@ -1,0 +1,38 @@
+"""`log_format = "json"`: one JSON object per line, for log pipelines in clusters."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+
+# Attributes passed with extra= that log pipelines filter on.
+_FIELDS = ("event", "pool", "slot", "pid", "task_id", "node", "reason", "status", "attempt")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in _FIELDS:
+            if hasattr(record, name):
+                data[name] = getattr(record, name)
+        if "pid" not in data:
+            data["process"] = record.process
+        if record.exc_info:
+            data["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def handler(stream: object, log_format: str) -> logging.Handler:
+    """A stream handler in the configured format."""
+    result = logging.StreamHandler(stream)  # type: ignore[arg-type]
+    if log_format == "json":
+        result.setFormatter(JsonFormatter())
+    else:
+        result.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [task-supervisor] %(message)s"))
+    return result
