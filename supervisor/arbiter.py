@@ -30,6 +30,7 @@ from task_supervisor.janitor import Janitor
 from task_supervisor.notify import ReadyListener
 from task_supervisor.pool import Pool, Slot, recycle_after
 from task_supervisor.recovery import TASK_TIMEOUT, FailedTask, LostTask
+from task_supervisor.scaling import ScaleState, decide
 from task_supervisor.spawn import Spawner
 from task_supervisor.stats import Stats
 from task_supervisor.worker import ChildSpec
@@ -80,6 +81,7 @@ class Supervisor:
         self.next_memory_check = 0.0
         self.servers: list[endpoints._Server] = []
         self.processes: dict[int, psutil.Process] = {}  # pid -> psutil handle, for status
+        self.scale_states: dict[str, ScaleState] = {}
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -468,8 +470,45 @@ class Supervisor:
             log_format=self.config.supervisor.log_format,
         )
 
+    def autoscale(self, pool: Pool, now: float) -> None:
+        config = pool.config
+        queues = config.queues
+        depth = sum(n for q, n in self.stats.queue_depth.items() if "*" in queues or q in queues)
+        children = pool.children()
+        busy = sum(1 for c in children if c.state is ChildState.BUSY)
+        idle = sum(1 for c in children if c.state is ChildState.IDLE)
+        current = len(pool.slots)
+        state = self.scale_states.setdefault(pool.name, ScaleState())
+        want = decide(
+            now, current, config.processes, config.max_processes, busy, idle, depth, state, config.scale_cooldown
+        )
+        if want > current:
+            pool.grow(want)
+            state.last_up = now
+        elif want < current and (child := pool.remove_idle_slot()) is not None:
+            self.detach(child)
+            child.request_stop(now, self.config.supervisor.graceful_timeout)
+            state.last_down = now
+        else:
+            return
+        direction = "up" if want > current else "down"
+        self.stats.scale_events[(pool.name, direction)] += 1
+        log.info(
+            "Pool %s scaled %s from %d to %d (READY depth %d, busy %d, idle %d)",
+            pool.name,
+            direction,
+            current,
+            len(pool.slots),
+            depth,
+            busy,
+            idle,
+            extra={"event": "pool_scaled", "pool": pool.name, "direction": direction},
+        )
+
     def manage_pools(self, now: float) -> None:
         for pool in self.pools.values():
+            if pool.config.autoscaled:
+                self.autoscale(pool, now)
             for slot in pool.due(now):
                 self.spawn(pool, slot, now)
         for pid, (pool, deadline) in list(self.successor.items()):

@@ -135,6 +135,11 @@ class PoolConfig:
     max_attempts: int = 3
     persistent_connections: bool = True  # children keep their database connection across tasks
     retries: RetryPolicy | None = None  # the pool-wide default retry policy
+    scale_cooldown: float = 30.0  # seconds an autoscaled pool waits after a change before shrinking
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.max_processes > self.processes
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +328,7 @@ def _read_pool(name: str, table: Any, problems: list[str]) -> PoolConfig | None:
         on_worker_lost=r.get("on_worker_lost", "fail", _choice(ON_WORKER_LOST), '"fail" or "requeue"'),
         max_attempts=r.get("max_attempts", 3, _positive_int, "an integer of at least 1"),
         persistent_connections=r.get("persistent_connections", True, _as_bool, "true or false"),
+        scale_cooldown=r.get("scale_cooldown", 30.0, parse_duration, "a duration"),
         retries=r.get("retries", None, lambda v: _read_retry(v, f"{path}.retries", problems), "a table"),
     )
     r.finish()

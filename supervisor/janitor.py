@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 RETRY_MIN = 0.5  # seconds before retrying chores after a database error
 RETRY_MAX = 10.0
-QUEUE_DEPTH_INTERVAL = 5.0  # seconds between READY-depth queries
+QUEUE_DEPTH_INTERVAL = 2.0  # seconds between READY-depth queries (metrics, autoscaling)
 MAX_ITEMS_PER_TURN = 20  # lost rows finished per loop turn, so a burst cannot hog the loop
 
 

@@ -67,6 +67,24 @@ class Pool:
         removed = [self.slots.pop(i) for i in sorted(self.slots) if i >= processes]
         return [slot.child for slot in removed if slot.child is not None]
 
+    def grow(self, count: int) -> None:
+        """Add slots, at the lowest free indices, until there are ``count``."""
+        index = 0
+        while len(self.slots) < count:
+            self.slots.setdefault(index, Slot(index))
+            index += 1
+
+    def remove_idle_slot(self) -> Child | None:
+        """Remove the highest slot whose child is idle; returns that child to stop."""
+        from task_supervisor.child import ChildState
+
+        for index in sorted(self.slots, reverse=True):
+            child = self.slots[index].child
+            if child is not None and child.state is ChildState.IDLE:
+                del self.slots[index]
+                return child
+        return None
+
     def due(self, now: float) -> list[Slot]:
         """Slots with no child whose backoff is over."""
         return [s for s in self.slots.values() if s.child is None and now >= s.start_after]

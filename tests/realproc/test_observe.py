@@ -128,3 +128,19 @@ def test_json_logs_are_one_object_per_line_with_context(supervisor, db):
     started = next(r for r in records if r.get("event") == "child_started")
     assert started["pool"] == "default" and started["slot"] == 0 and started["pid"] > 0
     assert any("state=SUCCESSFUL" in r["message"] for r in records)  # db_worker's own lines too
+
+
+def test_a_pool_scales_up_under_a_backlog_and_back_down(supervisor, db):
+    from tsapp import tasks
+
+    pools = '[pools.default]\nprocesses = { min = 1, max = 3 }\ninterval = "100ms"\nscale_cooldown = "1s"\n'
+    sup = supervisor(config_toml(pools))
+    sup.wait_children(1)
+    results = [tasks.sleep.enqueue(0.5) for _ in range(24)]
+    sup.wait_log("Pool default scaled up", timeout=20)
+    sup.wait_children(3, timeout=20)
+    for result in results:
+        wait_status(result, "SUCCESSFUL", timeout=60)
+    sup.wait_log("Pool default scaled down from 2 to 1", timeout=30)
+    sup.wait_children(1, timeout=20)
+    assert "scaled up from 3" not in sup.log()  # never past max
