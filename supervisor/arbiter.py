@@ -33,7 +33,7 @@ from task_supervisor.recovery import TASK_TIMEOUT, FailedTask, LostTask
 from task_supervisor.scaling import ScaleState, decide
 from task_supervisor.spawn import Spawner
 from task_supervisor.stats import Stats
-from task_supervisor.worker import ChildSpec
+from task_supervisor.worker import SCHEDULER, ChildSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class Supervisor:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        schedules: int = 0,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -82,6 +83,10 @@ class Supervisor:
         self.servers: list[endpoints._Server] = []
         self.processes: dict[int, psutil.Process] = {}  # pid -> psutil handle, for status
         self.scale_states: dict[str, ScaleState] = {}
+        self.schedules = schedules  # enabled schedules in settings.PERIODIC_TASKS
+        self.scheduler: Pool | None = None  # the scheduler child's one-slot pool, when it runs
+        self.schedule_info: dict[str, dict[str, Any]] = {}  # name -> last slot, lag, next, as reported
+        self.set_scheduler(config.scheduler.enabled)
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -203,7 +208,7 @@ class Supervisor:
         if self.stop_deadline is not None:
             moments.append(self.stop_deadline)
         if self.phase is Phase.RUNNING:
-            moments += [t for p in self.pools.values() if (t := p.next_start()) is not None]
+            moments += [t for p in self.all_pools() if (t := p.next_start()) is not None]
         return max(0.0, min(moments) - now)
 
     def wait_for_events(self, timeout: float) -> None:
@@ -247,7 +252,9 @@ class Supervisor:
         before = child.task
         child.handle_message(message, now, wall, self.timeout_for(child.spec.pool))
         event, pool = message.get("event"), child.spec.pool
-        if event == "task_started":
+        if child.spec.role == SCHEDULER:
+            self.on_scheduler_message(message)
+        elif event == "task_started":
             self.stats.tasks_started[pool] += 1
         elif event == "task_finished":
             status = str(message.get("status", ""))
@@ -277,6 +284,24 @@ class Supervisor:
                 child.task.task_id,
                 extra={**extra, "event": "task_started", "task_id": child.task.task_id},
             )
+
+    def on_scheduler_message(self, message: dict) -> None:
+        event = message.get("event")
+        if event == "ready":
+            for entry in message.get("schedules", []):
+                self.schedule_info.setdefault(str(entry.get("name")), {}).update(
+                    when=entry.get("when"), next=entry.get("next")
+                )
+        elif event == "slot_fired":
+            name, outcome = str(message.get("schedule")), str(message.get("outcome"))
+            self.stats.slots[(name, outcome)] += 1
+            info = self.schedule_info.setdefault(name, {})
+            info["next"] = message.get("next")
+            if outcome == "fired":
+                lag = float(message.get("lag") or 0.0)
+                self.stats.slot_lag[name] = lag
+                self.stats.slot_lag_total[name] += lag
+                info.update(last_slot=message.get("slot"), last_task_id=message.get("task_id"), last_lag=lag)
 
     def listen(self, now: float) -> None:
         """Keep the LISTEN connections up, and wake children for tasks whose run_after came."""
@@ -361,7 +386,7 @@ class Supervisor:
         else:
             log.warning("Child %s %s", child.spec.worker_id, how, extra=extra)
         _close(child.control_fd)
-        if child.task is not None or os.waitstatus_to_exitcode(status) != 0:
+        if child.spec.role != SCHEDULER and (child.task is not None or os.waitstatus_to_exitcode(status) != 0):
             self.task_lost(child, how)
         self.successor.pop(child.pid, None)
         self.processes.pop(child.pid, None)
@@ -432,7 +457,7 @@ class Supervisor:
         key = (pool.name, slot.index)
         generation = self.generations.get(key, 0) + 1
         self.generations[key] = generation
-        spec = self.child_spec(pool.config, slot.index, generation)
+        spec = self.child_spec(pool.config, slot.index, generation, SCHEDULER if pool is self.scheduler else "worker")
         try:
             pid, fd, control_fd = self.spawner.spawn(spec, pool.config.start)
         except OSError as exc:
@@ -453,7 +478,7 @@ class Supervisor:
         self.selector.register(fd, selectors.EVENT_READ, child)
         log.info("Started child %s pid=%s", spec.worker_id, pid, extra={**child.log_extra, "event": "child_started"})
 
-    def child_spec(self, pool: PoolConfig, slot: int, generation: int) -> ChildSpec:
+    def child_spec(self, pool: PoolConfig, slot: int, generation: int, role: str = "worker") -> ChildSpec:
         return ChildSpec(
             pool=pool.name,
             slot=slot,
@@ -468,7 +493,22 @@ class Supervisor:
             pythonpath=tuple(self.config.pythonpath_dirs()),
             persistent_connections=pool.persistent_connections,
             log_format=self.config.supervisor.log_format,
+            role=role,
         )
+
+    def all_pools(self) -> list[Pool]:
+        """The worker pools, and the scheduler's one-slot pool when it runs."""
+        return [*self.pools.values(), *([self.scheduler] if self.scheduler else [])]
+
+    def set_scheduler(self, enabled: bool) -> None:
+        """Run the scheduler child when enabled and there is something to schedule; stop it if not."""
+        if enabled and self.schedules and self.scheduler is None:
+            self.scheduler = Pool(PoolConfig(name=SCHEDULER, queues=(), processes=1, max_processes=1))
+        elif not (enabled and self.schedules) and self.scheduler is not None:
+            for child in self.scheduler.children():
+                self.detach(child)
+                child.request_stop(self.clock(), self.config.supervisor.graceful_timeout)
+            self.scheduler = None
 
     def autoscale(self, pool: Pool, now: float) -> None:
         config = pool.config
@@ -511,6 +551,9 @@ class Supervisor:
                 self.autoscale(pool, now)
             for slot in pool.due(now):
                 self.spawn(pool, slot, now)
+        if self.scheduler is not None:
+            for slot in self.scheduler.due(now):
+                self.spawn(self.scheduler, slot, now)
         for pid, (pool, deadline) in list(self.successor.items()):
             child = self.children.get(pid)
             if child is None:
@@ -684,6 +727,7 @@ class Supervisor:
                 self.detach(child)
                 child.request_stop(now, new.supervisor.graceful_timeout)
             log.info("Pool %s removed", name, extra={"event": "pool_removed", "pool": name})
+        self.set_scheduler(new.scheduler.enabled)
         log.info("Reloaded %s", new.path, extra={"event": "reloaded"})
 
     def snapshot(self) -> dict[str, Any]:
@@ -701,7 +745,7 @@ class Supervisor:
                 "error": self.janitor.db_error if self.janitor else None,
             },
             "pools": [self.pool_snapshot(pool, now, wall) for pool in self.pools.values()],
-            "scheduler": None,
+            "scheduler": self.scheduler_snapshot(now, wall),
             "heartbeat": {
                 "enabled": bool(self.janitor and self.janitor.heartbeats),
                 "last_beat": self.janitor.last_beat if self.janitor else None,
@@ -711,6 +755,18 @@ class Supervisor:
                 {"task_id": task_id, "path": path, "attempts": attempts, "next_attempt_at": when}
                 for task_id, (path, attempts, when) in (self.janitor.retries_scheduled.items() if self.janitor else ())
             ],
+        }
+
+    def scheduler_snapshot(self, now: float, wall: float) -> dict[str, Any] | None:
+        if self.scheduler is None:
+            return None
+        child = next(iter(self.scheduler.children()), None)
+        return {
+            "state": child.state.value if child else ("backing off" if self.scheduler.backing_off(now) else "starting"),
+            "pid": child.pid if child else None,
+            "restarts": self.scheduler.restarts,
+            "last_error": self.scheduler.last_error(),
+            "schedules": [{"name": name, **info} for name, info in sorted(self.schedule_info.items())],
         }
 
     def pool_snapshot(self, pool: Pool, now: float, wall: float) -> dict[str, Any]:

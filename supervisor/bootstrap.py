@@ -76,6 +76,22 @@ def check_retries(config: Config, backends: dict[str, compat.TaskBackend]) -> No
         raise StartupError(exitcodes.EX_CONFIG, "\n".join(problems))
 
 
+def load_schedules(config: Config, always: bool = False) -> list:
+    """settings.PERIODIC_TASKS, checked; StartupError listing every problem, under its check id.
+
+    With the scheduler disabled the schedules are not run, so problems stop nothing unless
+    ``always`` (``check`` reports them whatever the config says).
+    """
+    from django.conf import settings
+
+    from task_supervisor.scheduler import spec
+
+    schedules, problems = spec.load(settings)
+    if problems and (always or config.scheduler.enabled):
+        raise StartupError(exitcodes.EX_SETTINGS, "\n".join(map(str, problems)))
+    return schedules if config.scheduler.enabled else []
+
+
 def check_database(backends: dict[str, compat.TaskBackend]) -> None:
     """Every database a pool uses answers and has the task results table."""
     from django.db import DatabaseError, connections

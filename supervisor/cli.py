@@ -1,4 +1,4 @@
-"""The ``task-supervisor`` command: run, check, --version."""
+"""The ``task-supervisor`` command: run, check, status, schedules, --version."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from task_supervisor import __version__, bootstrap, exitcodes, jsonlog
 from task_supervisor.config import Config, ConfigError, load_config
@@ -24,17 +25,41 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", "run every pool (and the scheduler) in the foreground"),
         ("check", "validate config.toml, Django settings, backends and the database; start nothing"),
         ("status", "show the running supervisor's pools, children and current tasks"),
+        ("schedules", "list settings.PERIODIC_TASKS: each cron in words and its next fire times"),
     ):
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("-c", "--config", required=True, metavar="FILE", help="path of config.toml")
-        if name == "status":
-            sub.add_argument("--json", action="store_true", help="print the snapshot as JSON, for scripts")
+        if name in ("status", "schedules"):
+            sub.add_argument("--json", action="store_true", help="print JSON, for scripts")
+        if name == "schedules":
+            sub.add_argument(
+                "--at", metavar="ISO-DATETIME", type=_datetime, help="list fire times after this moment (default: now)"
+            )
+            sub.add_argument("--count", metavar="N", type=_count, default=5, help="fire times per schedule (default 5)")
     return parser
+
+
+def _datetime(text: str) -> Any:
+    import datetime as dt
+
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 date and time, e.g. 2026-03-29T00:00+01:00"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number from 1 to 1000")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "check": cmd_check, "status": cmd_status}[args.command]
+    handler = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "schedules": cmd_schedules}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -58,11 +83,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         backends = bootstrap.resolve_backends(config)
         bootstrap.check_retries(config, backends)
         bootstrap.check_database(backends)
+        schedules = bootstrap.load_schedules(config)
     except bootstrap.StartupError as exc:
         return _fail(exc.code, str(exc))
     from task_supervisor.arbiter import Supervisor
 
-    return Supervisor(config, backends).run()
+    return Supervisor(config, backends, schedules=len([s for s in schedules if s.enabled])).run()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -118,7 +144,56 @@ def check_problems(config: Config) -> list[str]:
         bootstrap.check_retries(config, backends)
     except bootstrap.StartupError as exc:
         problems += str(exc).splitlines()
+    try:
+        bootstrap.load_schedules(config, always=True)
+    except bootstrap.StartupError as exc:
+        problems += str(exc).splitlines()
     return problems
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    import datetime as dt
+    import json
+
+    from django.conf import settings
+
+    from task_supervisor.scheduler import spec
+
+    try:
+        config = load_config(args.config)
+        bootstrap.setup_django(config)
+    except ConfigError as exc:
+        return _fail(exitcodes.EX_CONFIG, str(exc))
+    except bootstrap.StartupError as exc:
+        return _fail(exc.code, str(exc))
+    schedules, problems = spec.load(settings)
+    if problems:
+        return _fail(exitcodes.EX_CHECK_FAILED, "\n".join(map(str, problems)))
+    at = args.at or dt.datetime.now(dt.UTC)
+    listing = [
+        {
+            "name": s.name,
+            "task": s.task_path,
+            "when": s.when,
+            "description": s.describe(),
+            "timezone": s.zone.key,
+            "enabled": s.enabled,
+            "next": [slot.astimezone(s.zone).isoformat() for slot in s.next_slots(at, args.count)],
+        }
+        for s in schedules
+    ]
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return exitcodes.EX_OK
+    if not listing:
+        print(f"No periodic tasks: settings.{spec.SETTING} is empty or not set.")
+    for entry in listing:
+        off = "" if entry["enabled"] else "  (disabled)"
+        print(f"{entry['name']}: {entry['task']}{off}")
+        print(f"  {entry['when']} in {entry['timezone']}: {entry['description']}")
+        for moment in entry["next"] or ["never fires again"]:
+            print(f"    {moment}")
+    return exitcodes.EX_OK
 
 
 def setup_logging(log_format: str = "text", level: int = logging.INFO) -> None:

@@ -22,6 +22,7 @@ WORKER_ID_MAX_LENGTH = 64  # db_worker refuses longer worker ids
 _WORKER_ID_SUFFIX_RESERVE = len(":999:999999")
 
 START_METHODS = ("fork", "exec")
+RESERVED_POOL_NAME = "scheduler"  # the scheduler child's worker id reads node:scheduler:0:N
 ON_WORKER_LOST = ("fail", "requeue")
 LOG_FORMATS = ("text", "json")
 
@@ -311,6 +312,8 @@ def _read_pool(name: str, table: Any, problems: list[str]) -> PoolConfig | None:
         return None
     if not _POOL_NAME.match(name):
         problems.append(f"{path}: pool names use letters, digits, '.', '_' and '-', at most 32 characters.")
+    elif name == RESERVED_POOL_NAME:
+        problems.append(f"{path}: the name {name!r} is the scheduler child's; give the pool another name.")
     r = _Reader(table, path, problems)
     low, high = r.get("processes", (1, 1), _processes, "an integer of at least 1 or { min = 1, max = 8 }")
     pool = PoolConfig(

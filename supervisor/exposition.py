@@ -6,7 +6,13 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    SummaryMetricFamily,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
@@ -121,14 +127,22 @@ class SupervisorCollector(Collector):
             [([q], a) for q, a in stats.oldest_ready_age.items()],
         )
         yield _counter(
-            "task_supervisor_schedule_slots_fired",
-            "Scheduler slots enqueued, per schedule.",
-            ["schedule"],
-            {(k,): v for k, v in stats.slots_fired.items()},
+            "task_supervisor_schedule_slots",
+            "Scheduler slots by outcome: fired here, taken by another replica, overlap (skipped), missed.",
+            ["schedule", "outcome"],
+            stats.slots,
         )
-        yield _gauge(
+        lag = SummaryMetricFamily(
             "task_supervisor_schedule_lag_seconds",
-            "Lag of the latest slot fired, per schedule.",
+            "Seconds from a slot's time to its task row's commit, over the slots fired here.",
+            labels=["schedule"],
+        )
+        for name, total in sorted(stats.slot_lag_total.items()):
+            lag.add_metric([name], count_value=stats.slots[(name, "fired")], sum_value=total)
+        yield lag
+        yield _gauge(
+            "task_supervisor_schedule_last_lag_seconds",
+            "Lag of the latest slot fired here, per schedule.",
             ["schedule"],
             [([k], v) for k, v in stats.slot_lag.items()],
         )

@@ -43,3 +43,31 @@ class ScheduleRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.schedule} @ {self.slot.isoformat()}"
+
+
+def _task_result_model() -> type[models.Model] | None:
+    """The installed database backend's task result model, whichever package provides it."""
+    from django.apps import apps
+
+    if apps.is_installed("django_tasks_db"):
+        from django_tasks_db.models import DBTaskResult
+
+        return DBTaskResult
+    if apps.is_installed("django_tasks.backends.database"):
+        from django_tasks.backends.database.models import DBTaskResult
+
+        return DBTaskResult
+    return None
+
+
+_TaskResult = _task_result_model()
+
+if _TaskResult is not None:
+
+    class TaskAttempts(_TaskResult):  # type: ignore[valid-type,misc]
+        """The backend's task rows, seen for attempts: how many, and when the next one runs."""
+
+        class Meta:
+            proxy = True
+            verbose_name = "task attempts"
+            verbose_name_plural = "task attempts"

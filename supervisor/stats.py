@@ -25,6 +25,9 @@ class Stats:
     # queue -> READY tasks that may run now, and age in seconds of the oldest of them
     queue_depth: dict[str, int] = field(default_factory=dict)
     oldest_ready_age: dict[str, float] = field(default_factory=dict)
-    # schedule -> slots fired; and the lag in seconds of the latest firing
-    slots_fired: collections.Counter[str] = field(default_factory=collections.Counter)
+    # (schedule, outcome) -> slots; outcome "fired" (enqueued here), "taken" (by another replica),
+    # "overlap" (skipped: the previous run still going) or "missed" (dropped by the missed-run policy)
+    slots: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    # schedule -> lag in seconds of the latest slot fired here, and the sum over all of them
     slot_lag: dict[str, float] = field(default_factory=dict)
+    slot_lag_total: collections.Counter[str] = field(default_factory=collections.Counter)

@@ -41,9 +41,8 @@ def render(snapshot: dict[str, Any]) -> str:
                 f"  {child['slot']:>4}  {child['pid']:>7}  {child['state']:<8}  {child['worker_id']:<32}  "
                 f"{_mib(child['rss']):>7}  {_cpu(child['cpu_percent']):>4}  {child['tasks_done']:>5}  {doing}"
             )
-    scheduler = snapshot.get("scheduler")
     lines.append("")
-    lines.append("scheduler: " + ("off" if not scheduler else f"{scheduler.get('state')} pid {scheduler.get('pid')}"))
+    lines += _scheduler_lines(snapshot.get("scheduler"))
     beat = snapshot["heartbeat"]
     lines.append(
         "heartbeat: "
@@ -55,3 +54,18 @@ def render(snapshot: dict[str, Any]) -> str:
             f"next at {retry['next_attempt_at']}"
         )
     return "\n".join(lines) + "\n"
+
+
+def _scheduler_lines(scheduler: dict[str, Any] | None) -> list[str]:
+    if not scheduler:
+        return ["scheduler: off (disabled, or no PERIODIC_TASKS)"]
+    lines = [
+        f"scheduler: {scheduler['state']}  pid {scheduler['pid'] or '-'}  restarts {scheduler['restarts']}"
+        + (f"  last error: {scheduler['last_error']}" if scheduler["last_error"] else "")
+    ]
+    for entry in scheduler["schedules"]:
+        last = entry.get("last_slot")
+        lag = f" (lag {entry['last_lag'] * 1000:.0f}ms)" if entry.get("last_lag") is not None else ""
+        when = entry.get("when") or ""
+        lines.append(f"  {entry['name']:<24} {when:<18} last {last or '-'}{lag}  next {entry.get('next') or '-'}")
+    return lines

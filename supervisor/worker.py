@@ -27,6 +27,8 @@ CHILD_EXIT_BOOT_FAILED = 78  # could not set Django up or reach the database
 CHILD_EXIT_CRASHED = 70  # db_worker raised (for instance the database went away mid-run)
 CHILD_EXIT_ORPHANED = 75  # the supervisor was already gone when the child started
 
+SCHEDULER = "scheduler"  # ChildSpec.role of the scheduler child
+
 _PR_SET_PDEATHSIG = 1
 _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
 
@@ -48,6 +50,7 @@ class ChildSpec:
     pythonpath: tuple[str, ...]
     persistent_connections: bool = True
     log_format: str = "text"
+    role: str = "worker"  # or "scheduler": the periodic task scheduler instead of db_worker
 
     def db_worker_argv(self) -> list[str]:
         argv = [
@@ -108,7 +111,7 @@ def run_child(spec: ChildSpec, report_fd: int, control_fd: int) -> NoReturn:
     reporter = protocol.Reporter(report_fd)
     code = CHILD_EXIT_CRASHED
     try:
-        code = _serve(spec, reporter, control_fd)
+        code = _serve_scheduler(spec, reporter) if spec.role == SCHEDULER else _serve(spec, reporter, control_fd)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
@@ -140,6 +143,15 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
     command = worker_module.Command()
     command.run_from_argv(["task-supervisor", "db_worker", *spec.db_worker_argv()])
     return CHILD_EXIT_OK
+
+
+def _serve_scheduler(spec: ChildSpec, reporter: protocol.Reporter) -> int:
+    from task_supervisor.cli import setup_logging
+    from task_supervisor.scheduler import runner
+
+    setup_logging(spec.log_format)  # an exec'd child has no handler yet; a forked one gets the same
+    node = spec.worker_id.rsplit(":", 3)[0]  # node:pool:slot:generation
+    return runner.serve(node, reporter)
 
 
 def _json_task_logs(backend: Any) -> None:

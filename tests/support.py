@@ -26,15 +26,21 @@ PG_USER = "postgres"
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, message: str = "") -> T:
-    """Poll until ``predicate`` returns something truthy; fail with ``message`` at the deadline."""
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, message: str | Callable[[], str] = ""
+) -> T:
+    """Poll until ``predicate`` returns something truthy; fail with ``message`` at the deadline.
+
+    ``message`` may be a callable, evaluated only at the deadline (a log tail read then, not before).
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
+            text = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout}s waiting for {text or predicate}")
         time.sleep(interval)
 
 
@@ -180,7 +186,9 @@ class SupervisorProcess:
 
     def wait_log(self, text: str, timeout: float = 20.0, count: int = 1) -> None:
         wait_until(
-            lambda: self.log().count(text) >= count, timeout, message=f"{text!r} x{count} in log:\n{self.tail()}"
+            lambda: self.log().count(text) >= count,
+            timeout,
+            message=lambda: f"{text!r} x{count} in log:\n{self.tail()}",
         )
 
     def tail(self, lines: int = 40) -> str:
@@ -196,7 +204,7 @@ class SupervisorProcess:
         return wait_until(
             lambda: (kids := self.children()) and len(kids) == count and kids,
             timeout,
-            message=f"{count} children; log:\n{self.tail()}",
+            message=lambda: f"{count} children; log:\n{self.tail()}",
         )
 
     def signal(self, signum: int) -> None:

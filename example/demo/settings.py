@@ -33,6 +33,17 @@ TASKS = {
     }
 }
 
+# The supervisor's scheduler enqueues these, once per slot however many replicas run.
+PERIODIC_TASKS = {
+    "pulse": {"task": "demo.tasks.pulse", "every": "10s"},
+    "nightly-cleanup": {
+        "task": "demo.tasks.cleanup",
+        "cron": "0 3 * * *",
+        "timezone": "Europe/Berlin",
+        "kwargs": {"older_than_days": 30},
+    },
+}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -36,3 +36,21 @@ def greet(name: str) -> str:
     time.sleep(0.2)
     log.info("Hello, %s! (pid %d)", name, os.getpid())
     return f"Hello, {name}!"
+
+
+@task()
+def pulse() -> str:
+    """Enqueued every 10 seconds by the scheduler (settings.PERIODIC_TASKS)."""
+    log.info("pulse from the scheduler, run in pid %d", os.getpid())
+    return timezone.now().isoformat()
+
+
+@task()
+def cleanup(older_than_days: int) -> int:
+    """Enqueued at 03:00 Berlin time: deletes finished task rows older than ``older_than_days``."""
+    from django_tasks_db.models import DBTaskResult
+
+    cutoff = timezone.now() - timedelta(days=older_than_days)
+    deleted, _ = DBTaskResult.objects.filter(finished_at__lt=cutoff).delete()
+    log.info("cleanup removed %d finished task rows", deleted)
+    return deleted

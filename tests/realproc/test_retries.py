@@ -91,3 +91,20 @@ def test_check_reports_bad_retry_policies(tmp_path, db):
     assert result.returncode == exitcodes.EX_CHECK_FAILED
     assert 'retries."tsapp.tasks.nope": the task does not import' in result.stderr
     assert "entry 'NotAnError' is not an exception class" in result.stderr
+
+
+def test_the_admin_shows_attempts_and_the_next_retry(supervisor, db, tmp_path):
+    from django.contrib.auth.models import User
+    from django.test import Client
+    from tsapp import tasks
+
+    policy = retries("tsapp.tasks.always_fails", 'max_attempts = 2\ndelay = "1h"\njitter = false')
+    supervisor(config_toml(ONE_POOL + policy))
+    result = tasks.always_fails.enqueue(str(tmp_path / "attempts"))
+    wait_until(lambda: row(result).status == "READY" and len(row(result).worker_ids) == 1, 30, message="a retry")
+    admin = User.objects.create_superuser("admin", "admin@example.com", "pw")
+    client = Client()
+    client.force_login(admin)
+    page = client.get("/admin/task_supervisor/taskattempts/").content.decode()
+    assert str(result.id) in page and "builtins.ConnectionError" in page
+    assert str(row(result).run_after.year) in page  # the next attempt's time, an hour away

@@ -5,6 +5,7 @@ TS_DB_ENGINE = "sqlite" (TS_DB_NAME is a file path) or "postgres" (TS_DB_NAME is
 on 127.0.0.1:5432).
 """
 
+import json
 import os
 
 SECRET_KEY = "tests-only"
@@ -66,6 +67,11 @@ TEMPLATES = [
 ]
 
 # QUEUES = []: any queue name is valid.
+ROOT_URLCONF = "tsproject.urls"
+
+# Schedules for the scheduler's tests, as JSON in the environment.
+PERIODIC_TASKS = json.loads(os.environ.get("TS_PERIODIC_TASKS", "{}"))
+
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": []}}
 
 LOGGING = {
