@@ -24,6 +24,8 @@ def test_wheel_installs_and_imports_in_a_clean_venv(tmp_path: Path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "task_supervisor/migrations/0001_initial.py" in names
     assert "task_supervisor/scheduler/__init__.py" in names
+    assert "task_supervisor/scheduler/timing.py" in names
+    assert "task_supervisor/templates/admin/task_supervisor/schedulerun/change_list.html" in names
     assert not [n for n in names if n.startswith(("supervisor/", "scheduler/"))]
 
     env_dir = tmp_path / "venv"
@@ -31,7 +33,7 @@ def test_wheel_installs_and_imports_in_a_clean_venv(tmp_path: Path):
     python = env_dir / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(wheel)], check=True, timeout=300)
     probe = (
-        "import importlib.util, task_supervisor, task_supervisor.scheduler, task_supervisor.cli;"
+        "import importlib.util, task_supervisor, task_supervisor.scheduler.timing, task_supervisor.cli;"
         "assert importlib.util.find_spec('supervisor') is None;"
         "assert importlib.util.find_spec('scheduler') is None;"
         "print(task_supervisor.__version__)"
