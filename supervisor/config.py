@@ -7,6 +7,7 @@ Every problem is collected with its key path, the bad value and the fix, so that
 from __future__ import annotations
 
 import difflib
+import hashlib
 import math
 import os
 import re
@@ -276,7 +277,13 @@ def default_node_name(hostname: str | None = None) -> str:
     """The hostname, shortened if needed so worker ids stay within db_worker's limit."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", hostname or socket.gethostname()) or "node"
     limit = WORKER_ID_MAX_LENGTH - _WORKER_ID_SUFFIX_RESERVE - 16
-    return name if len(name) <= limit else name[:limit]
+    if len(name) <= limit:
+        return name
+    # Keep both ends and a digest of the whole: pod names differ in their last characters
+    # (deployment-5d8f7c9b4-x2k8q), so cutting the end would give replicas one node name.
+    digest = hashlib.sha256(name.encode()).hexdigest()[:6]
+    tail = 12
+    return f"{name[: limit - tail - len(digest) - 2]}-{digest}-{name[-tail:]}"
 
 
 def _node_name(value: Any) -> str:

@@ -163,7 +163,10 @@ class SupervisorProcess:
 
     def start(self) -> SupervisorProcess:
         self.write_config(self.config_text)
-        env = {**os.environ, **self.db.env, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        # Its own folder for the default control socket: supervisors of suites that run side by
+        # side on one machine (node "testnode" in each) must not find each other's socket.
+        env = {**os.environ, "XDG_RUNTIME_DIR": str(self.workdir), **self.db.env, **self.extra_env}
+        env["PYTHONUNBUFFERED"] = "1"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "task_supervisor", "run", "-c", str(self.config_path)],

@@ -186,3 +186,10 @@ def test_worker_ids_must_fit_db_worker(tmp_path):
 def test_long_hostnames_are_shortened():
     assert len(default_node_name("x" * 100) + ":default:999:999999") <= 64
     assert default_node_name("web-1.example") == "web-1.example"
+
+
+def test_long_pod_names_keep_what_makes_each_replica_unique():
+    pods = [f"task-supervisor-of-a-rather-long-project-name-5d8f7c9b4-{suffix}" for suffix in ("x2k8q", "x2k8r")]
+    names = [default_node_name(pod) for pod in pods]
+    assert names[0] != names[1] and all(name.endswith(pod[-5:]) for name, pod in zip(names, pods, strict=True))
+    assert all(len(name + ":default:999:999999") <= 64 for name in names)
