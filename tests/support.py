@@ -148,6 +148,10 @@ class SupervisorProcess:
     config_text: str
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    prefix: tuple[str, ...] = ()  # a command to run the supervisor under, e.g. unshare
+
+    def command(self) -> list[str]:
+        return [*self.prefix, sys.executable, "-m", "task_supervisor", "run", "-c", str(self.config_path)]
 
     @property
     def config_path(self) -> Path:
@@ -169,7 +173,7 @@ class SupervisorProcess:
         env["PYTHONUNBUFFERED"] = "1"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "task_supervisor", "run", "-c", str(self.config_path)],
+            self.command(),
             cwd=self.workdir,
             env=env,
             stdin=subprocess.DEVNULL,

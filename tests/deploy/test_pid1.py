@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,20 +32,8 @@ class Pid1Supervisor(SupervisorProcess):
     ``pid`` is the ``unshare`` around it, which exits with the supervisor's code; ``inner_pid`` is
     the supervisor's pid out here (inside its namespace, it is 1)."""
 
-    def start(self) -> Pid1Supervisor:
-        self.write_config(self.config_text)
-        self._log = open(self.log_path, "wb")
-        command = [sys.executable, "-m", "task_supervisor", "run", "-c", str(self.config_path)]
-        self.proc = subprocess.Popen(
-            [require_tool("unshare"), "--pid", "--fork", "--mount-proc", *command],
-            cwd=self.workdir,
-            env={**os.environ, **self.db.env, "PYTHONUNBUFFERED": "1"},
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return self
+    def command(self) -> list[str]:
+        return [require_tool("unshare"), "--pid", "--fork", "--mount-proc", *super().command()]
 
     @property
     def inner_pid(self) -> int:
