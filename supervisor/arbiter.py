@@ -140,11 +140,13 @@ class Supervisor:
                 self.listen(now)
                 for server in self.servers:
                     server.tick(now)
-                if self.janitor is not None:
-                    self.janitor.tick(now, self.live_worker_ids(), list(self.pools))
                 if self.phase is Phase.RUNNING:
+                    # Before the janitor's database work: a dead child's replacement is forked
+                    # first, and its lost row is finished right after.
                     self.manage_pools(now)
                     self.check_hopeless()
+                if self.janitor is not None:
+                    self.janitor.tick(now, self.live_worker_ids(), list(self.pools))
         finally:
             self.halt()
         log.info("Supervisor stopped: %s", self.exit_reason or "clean exit", extra={"event": "supervisor_stopped"})

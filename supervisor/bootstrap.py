@@ -76,20 +76,40 @@ def check_retries(config: Config, backends: dict[str, compat.TaskBackend]) -> No
         raise StartupError(exitcodes.EX_CONFIG, "\n".join(problems))
 
 
-def load_schedules(config: Config, always: bool = False) -> list:
+def load_schedules(config: Config) -> list:
     """settings.PERIODIC_TASKS, checked; StartupError listing every problem, under its check id.
-
-    With the scheduler disabled the schedules are not run, so problems stop nothing unless
-    ``always`` (``check`` reports them whatever the config says).
-    """
+    With the scheduler disabled they are checked all the same, and none is returned."""
     from django.conf import settings
 
     from task_supervisor.scheduler import spec
 
     schedules, problems = spec.load(settings)
-    if problems and (always or config.scheduler.enabled):
+    if problems:
+        # Django's own checks fail on these too, so a bare db_worker would refuse to start.
         raise StartupError(exitcodes.EX_SETTINGS, "\n".join(map(str, problems)))
     return schedules if config.scheduler.enabled else []
+
+
+def run_system_checks() -> list[str]:
+    """Django's system checks, run once here instead of in every child (which db_worker does
+    at each start); StartupError listing the errors, else the warnings to log."""
+    from django.core import checks
+
+    # PERIODIC_TASKS problems (task_supervisor.E0xx) are load_schedules()'s to report.
+    messages = [m for m in checks.run_checks() if not m.is_silenced() and not str(m.id).startswith("task_supervisor.")]
+    errors = [str(m) for m in messages if m.is_serious()]
+    if errors:
+        raise StartupError(
+            exitcodes.EX_SETTINGS,
+            "Django's system checks found errors (db_worker would refuse to start):\n" + "\n".join(errors),
+        )
+    return [str(m) for m in messages]
+
+
+def warm_up(backends: dict[str, compat.TaskBackend]) -> None:
+    """Import what every child needs before the first fork, so children share it and start fast."""
+    for backend in backends.values():
+        importlib.import_module(backend.worker_command)
 
 
 def check_database(backends: dict[str, compat.TaskBackend]) -> None:

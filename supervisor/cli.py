@@ -84,8 +84,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         bootstrap.check_retries(config, backends)
         bootstrap.check_database(backends)
         schedules = bootstrap.load_schedules(config)
+        warnings = bootstrap.run_system_checks()
+        bootstrap.warm_up(backends)
     except bootstrap.StartupError as exc:
         return _fail(exc.code, str(exc))
+    for warning in warnings:
+        log.warning("System check: %s", warning, extra={"event": "system_check"})
     from task_supervisor.arbiter import Supervisor
 
     return Supervisor(config, backends, schedules=len([s for s in schedules if s.enabled])).run()
@@ -145,7 +149,11 @@ def check_problems(config: Config) -> list[str]:
     except bootstrap.StartupError as exc:
         problems += str(exc).splitlines()
     try:
-        bootstrap.load_schedules(config, always=True)
+        bootstrap.load_schedules(config)
+    except bootstrap.StartupError as exc:
+        problems += str(exc).splitlines()
+    try:
+        bootstrap.run_system_checks()
     except bootstrap.StartupError as exc:
         problems += str(exc).splitlines()
     return problems

@@ -60,6 +60,7 @@ class ChildSpec:
             "--worker-id", self.worker_id,
             "--no-reload",  # db_worker defaults to autoreload under DEBUG
             "--no-startup-delay",  # the supervisor paces starts itself
+            "--skip-checks",  # the supervisor ran Django's system checks once, at its start
         ]  # fmt: skip
         if self.max_tasks is not None:
             argv += ["--max-tasks", str(self.max_tasks)]

@@ -110,3 +110,13 @@ def test_missing_config_file(tmp_path, command):
     )
     assert result.returncode in (exitcodes.EX_CONFIG, exitcodes.EX_CHECK_FAILED)
     assert "no such file" in one_line(result)
+
+
+def test_django_system_check_errors_are_reported_once_instead_of_failing_every_child(tmp_path, db):
+    run = run_cli(tmp_path, "run", config_toml(POOL), TS_FAIL_CHECK="1", **db.env)
+    assert run.returncode == exitcodes.EX_SETTINGS
+    assert "Traceback" not in run.stderr
+    assert "system checks found errors (db_worker would refuse to start)" in run.stderr
+    assert "tsapp.E001" in run.stderr
+    check = run_cli(tmp_path, "check", config_toml(POOL), TS_FAIL_CHECK="1", **db.env)
+    assert check.returncode == exitcodes.EX_CHECK_FAILED and "tsapp.E001" in check.stderr

@@ -18,7 +18,7 @@ import pytest
 
 from task_supervisor import exitcodes
 from tests.realproc.test_observe import get, observed, status
-from tests.realproc.test_supervision import ONE_POOL
+from tests.realproc.test_supervision import ONE_POOL, wait_status
 from tests.support import PROJECT, SupervisorProcess, config_toml, wait_until
 
 SECOND = dt.timedelta(seconds=1)
@@ -202,11 +202,31 @@ def test_bad_schedules_fail_django_checks_check_and_run_alike(db, tmp_path):
     assert "unknown time zone 'Mars/Olympus'" in run.stderr
 
 
-def test_a_disabled_scheduler_does_not_refuse_to_start_but_check_still_reports(supervisor, db, tmp_path):
-    sup = supervisor(config_toml(ONE_POOL + "\n[scheduler]\nenabled = false\n"), **periodic(**BAD))
-    sup.wait_log("Supervisor started")
-    sup.wait_children(1)
+def test_a_disabled_scheduler_runs_no_scheduler_child(supervisor, db):
+    sup = supervisor(
+        config_toml(ONE_POOL + "\n[scheduler]\nenabled = false\n"),
+        **periodic(tick={"task": "tsapp.tasks.noop", "every": "1s"}),
+    )
+    from tsapp import tasks
+
+    wait_status(tasks.noop.enqueue(), "SUCCESSFUL")  # the pool is up and working
+    assert len(sup.children()) == 1
     assert not [c for c in sup.children() if "scheduler" in " ".join(c.cmdline())]
+    assert "scheduler" not in sup.log()
+
+
+def test_bad_schedules_refuse_to_start_even_with_the_scheduler_disabled(db, tmp_path):
+    # Django's checks fail on them, so a bare db_worker would refuse as well.
+    config = tmp_path / "config.toml"
+    config.write_text(config_toml(ONE_POOL + "\n[scheduler]\nenabled = false\n"))
+    run = subprocess.run(
+        [sys.executable, "-m", "task_supervisor", "run", "-c", str(config)],
+        env={**os.environ, **db.env, **periodic(**BAD)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == exitcodes.EX_SETTINGS and "task_supervisor.E003" in run.stderr
 
 
 def test_schedules_lists_next_fire_times_in_each_zone(db, tmp_path):

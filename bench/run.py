@@ -1,0 +1,257 @@
+"""task-supervisor against N bare `manage.py db_worker` processes, side by side.
+
+    .venv/bin/python bench/run.py [--quick] [--json FILE] [--only FIGURE ...] [--keep]
+
+Creates its own PostgreSQL database (ts_bench_<random>) and SQLite file, starts and stops every
+process it needs, and leaves nothing behind, also on Ctrl-C. What each figure means and how it
+is taken: bench/README.md. Progress goes to stderr, the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from benchkit import database, harness, measure, report
+from benchkit.database import BenchError, Database
+from benchkit.report import Results, latency_key, throughput_key
+from benchkit.signals import interrupt_on_term
+
+FIGURES = ("latency", "throughput", "restart", "memory", "cpu")
+KINDS = ("bare", "supervisor")
+SUPERVISOR_GAP = (0.05, 0.30)  # seconds between one task's start and the next enqueue
+# A bare worker's latency depends on where in its 1 s polling cycle a task lands: gaps spanning a
+# whole cycle make that phase uniform, as with real arrivals (50-300 ms would bias it high).
+BARE_GAP = (0.05, 1.05)
+RUN_AFTER = 0.5  # seconds in the future for run_after samples
+IDLE_SETTLE = 2.0  # seconds of quiet before idle CPU and memory are taken
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    processes: tuple[int, ...] = (1, 2, 4)
+    latency_samples: int = 100  # per supervisor sample set
+    bare_latency_samples: int = 25  # per bare sample set: each costs about a second of polling interval
+    run_after_samples: int = 20
+    bare_run_after_samples: int = 10
+    noop_per_process: int = 250  # backlog of noop tasks per worker process
+    work_per_process: int = 100  # backlog of 10 ms tasks per worker process
+    restart_samples: int = 7
+    idle_seconds: float = 10.0
+    figures: tuple[str, ...] = FIGURES
+
+    @property
+    def top(self) -> int:
+        return max(self.processes)
+
+
+QUICK = Plan(
+    latency_samples=15,
+    bare_latency_samples=5,
+    run_after_samples=5,
+    bare_run_after_samples=3,
+    noop_per_process=40,
+    work_per_process=15,
+    restart_samples=3,
+    idle_seconds=3.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    key: str  # where a failure is recorded in Results.errors
+    run: Callable[[harness.Workers], None]
+
+
+class Bench:
+    """Runs the sessions of a plan: one set of workers at a time, each measured in steps."""
+
+    def __init__(self, plan: Plan, workspace: Path, postgres: Database, sqlite: Database) -> None:
+        self.plan = plan
+        self.workspace = workspace
+        self.postgres = postgres
+        self.sqlite = sqlite
+        self.results = Results()
+        self.began = time.monotonic()
+
+    def progress(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.began:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+    def run(self) -> Results:
+        for n in self.plan.processes:
+            for kind in KINDS:
+                self.session(self.postgres, kind, n, self.postgres_steps(kind, n))
+        if "restart" in self.plan.figures:
+            self.session(self.postgres, "supervisor", 1, [self.restart_step("exec")], start="exec")
+            self.attempt("restart/bare", self.bare_boot)
+        if "throughput" in self.plan.figures:
+            for n in self.plan.processes:
+                for kind in KINDS:
+                    self.session(self.sqlite, kind, n, self.throughput_steps(self.sqlite, kind, n))
+        return self.results
+
+    def postgres_steps(self, kind: str, n: int) -> list[Step]:
+        wants = self.plan.figures
+        steps = []
+        if "latency" in wants and n in (1, self.plan.top):
+            steps.append(self.latency_step(kind, n, None))
+        if "latency" in wants and n == 1:
+            steps.append(self.latency_step(kind, n, RUN_AFTER))
+        if "restart" in wants and kind == "supervisor" and n == 1:
+            steps.append(self.restart_step("fork"))
+        steps += self.throughput_steps(self.postgres, kind, n)
+        if ("cpu" in wants or "memory" in wants) and n == self.plan.top:
+            steps.append(Step(f"idle/{kind}", self.idle))
+        return steps
+
+    def session(self, db: Database, kind: str, n: int, steps: list[Step], start: str = "fork") -> None:
+        if not steps:
+            return
+        name = f"{db.engine}-{kind}-{start}-{n}" if kind == "supervisor" else f"{db.engine}-{kind}-{n}"
+        self.progress(f"{name}: starting {n} {'children' if kind == 'supervisor' else 'db_workers'}")
+        workers: harness.Workers
+        if kind == "supervisor":
+            workers = harness.Supervised(db, n, self.workspace, name, start)
+        else:
+            workers = harness.BareWorkers(db, n, self.workspace, name)
+        try:
+            with workers:
+                for step in steps:
+                    self.attempt(step.key, functools.partial(step.run, workers))
+        except BenchError as exc:
+            self.progress(f"{name}: {exc}")
+            for step in steps:
+                self.results.errors.setdefault(step.key, str(exc).splitlines()[0])
+
+    def attempt(self, key: str, action: Callable[[], None]) -> None:
+        """Take one figure; a failure is recorded under ``key`` and the benchmark goes on."""
+        self.progress(f"  {key}")
+        try:
+            action()
+        except Exception as exc:
+            if not isinstance(exc, BenchError):
+                traceback.print_exc()
+            self.results.errors[key] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self.progress(f"  {key} failed: {self.results.errors[key]}")
+
+    def latency_step(self, kind: str, n: int, run_after: float | None) -> Step:
+        key = latency_key(kind, n, "now" if run_after is None else "run_after")
+        bare = kind == "bare"
+        if run_after is None:
+            samples = self.plan.bare_latency_samples if bare else self.plan.latency_samples
+        else:
+            samples = self.plan.bare_run_after_samples if bare else self.plan.run_after_samples
+        gap = BARE_GAP if bare else SUPERVISOR_GAP
+
+        def run(workers: harness.Workers) -> None:
+            pickup = measure.pickup_latency(workers.db, samples, gap, run_after)
+            self.results.latency[key] = pickup.latency
+            if pickup.after_enqueue is not None:
+                self.results.latency[latency_key(kind, n, "after_enqueue")] = pickup.after_enqueue
+
+        return Step(f"latency/{key}", run)
+
+    def throughput_steps(self, db: Database, kind: str, n: int) -> list[Step]:
+        if "throughput" not in self.plan.figures:
+            return []
+        counts = {"noop": self.plan.noop_per_process * n, "10ms": self.plan.work_per_process * n}
+        return [self.throughput_step(db, task, count, kind, n) for task, count in counts.items()]
+
+    def throughput_step(self, db: Database, task: str, count: int, kind: str, n: int) -> Step:
+        key = throughput_key(db.engine, task, kind, n)
+
+        def run(workers: harness.Workers) -> None:
+            self.results.throughput[key] = measure.throughput(db, task, count)
+
+        return Step(key, run)
+
+    def restart_step(self, method: str) -> Step:
+        def run(workers: harness.Workers) -> None:
+            assert isinstance(workers, harness.Supervised)
+            self.results.restart[method] = measure.restart_times(workers, self.plan.restart_samples)
+
+        return Step(f"restart/{method}", run)
+
+    def bare_boot(self) -> None:
+        database.clear(self.postgres)
+        self.results.restart["bare"] = measure.boot_times(self.postgres, self.workspace, self.plan.restart_samples)
+
+    def idle(self, workers: harness.Workers) -> None:
+        database.clear(workers.db)
+        time.sleep(IDLE_SETTLE)
+        if "cpu" in self.plan.figures:
+            self.results.idle_cpu[workers.kind] = measure.idle_cpu(workers, self.plan.idle_seconds)
+        if "memory" in self.plan.figures:
+            self.results.memory[workers.kind] = measure.memory(workers)
+
+
+def rows(plan: Plan, results: Results) -> list[report.Row]:
+    found = report.latency_rows(results, plan.processes, "now", "pickup latency")
+    found += report.latency_rows(results, plan.processes, "after_enqueue", "pickup after enqueue() returned")
+    found += report.latency_rows(results, (1,), "run_after", "run_after latency")
+    for engine, label in (("postgres", "PostgreSQL"), ("sqlite", "SQLite")):
+        for task in ("noop", "10ms"):
+            found += report.throughput_rows(results, engine, label, task, plan.processes)
+    found += report.restart_rows(results)
+    if "memory" in plan.figures or "cpu" in plan.figures:
+        found += report.resource_rows(results, plan.top)
+    return found
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run of about two minutes")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results to FILE as JSON")
+    parser.add_argument("--only", nargs="+", choices=FIGURES, help="measure only these figures")
+    parser.add_argument("--keep", action="store_true", help="keep the workspace (configs, worker logs) for a look")
+    return parser.parse_args(argv)
+
+
+def run(plan: Plan, args: argparse.Namespace) -> int:
+    with harness.Workspace(args.keep) as workspace, database.postgres_database() as postgres:
+        sqlite = database.sqlite_database(workspace.path)
+        database.setup_django(postgres, sqlite)
+        for db in (postgres, sqlite):
+            database.migrate(db)
+        versions = {db.engine: database.server_version(db) for db in (postgres, sqlite)}
+        info = report.machine(versions)
+        info["when"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        results = Bench(plan, workspace.path, postgres, sqlite).run()
+        info["load_average_end"] = round(os.getloadavg()[0], 2)
+    table_rows = rows(plan, results)
+    print(report.header(info, plan.processes))
+    print()
+    print(report.table(table_rows))
+    for key, error in results.errors.items():
+        print(f"error in {key}: {error}")
+    if args.json:
+        report.write_json(args.json, info, plan, results, table_rows)
+    return 1 if results.errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = QUICK if args.quick else Plan()
+    if args.only:
+        plan = replace(plan, figures=tuple(args.only))
+    interrupt_on_term()
+    try:
+        return run(plan, args)
+    except KeyboardInterrupt:
+        print("Interrupted: every process stopped, database and files removed.", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
