@@ -137,7 +137,7 @@ class Supervisor:
                 now = self.clock()
                 self.enforce_deadlines(now)
                 self.watch_memory(now)
-                self.listen(now)
+                connecting = self.listen(now)
                 for server in self.servers:
                     server.tick(now)
                 if self.phase is Phase.RUNNING:
@@ -145,7 +145,9 @@ class Supervisor:
                     # first, and its lost row is finished right after.
                     self.manage_pools(now)
                     self.check_hopeless()
-                if self.janitor is not None:
+                if self.janitor is not None and not connecting:
+                    # One call that may block (each under its deadline) per turn, so the
+                    # endpoints are served between them even while the database hangs.
                     self.janitor.tick(now, self.live_worker_ids(), list(self.pools))
         finally:
             self.halt()
@@ -305,15 +307,20 @@ class Supervisor:
                 self.stats.slot_lag_total[name] += lag
                 info.update(last_slot=message.get("slot"), last_task_id=message.get("task_id"), last_lag=lag)
 
-    def listen(self, now: float) -> None:
-        """Keep the LISTEN connections up, and wake children for tasks whose run_after came."""
+    def listen(self, now: float) -> bool:
+        """Keep the LISTEN connections up, and wake children for tasks whose run_after came;
+        True when it tried to connect this turn (a call that may block up to its deadline)."""
         if self.phase is not Phase.RUNNING:
-            return
+            return False
+        connecting = False
         for listener in self.listeners:
-            if listener.conn is None and listener.connect(now):
-                self.selector.register(listener.fileno(), selectors.EVENT_READ, listener)
+            if listener.conn is None and now >= listener.retry_at and not connecting:
+                connecting = True
+                if listener.connect(now):
+                    self.selector.register(listener.fileno(), selectors.EVENT_READ, listener)
             for queue in listener.due():
                 self.wake_one(queue, now)
+        return connecting
 
     def wake_one(self, queue: str, now: float) -> None:
         """Wake the idle child of a pool serving ``queue`` that was woken least recently."""
@@ -388,7 +395,9 @@ class Supervisor:
         else:
             log.warning("Child %s %s", child.spec.worker_id, how, extra=extra)
         _close(child.control_fd)
-        if child.spec.role != SCHEDULER and (child.task is not None or os.waitstatus_to_exitcode(status) != 0):
+        if child.spec.role != SCHEDULER:
+            # Whatever the exit, even 0: db_worker can claim a row and then stop on SIGTERM
+            # before running it, leaving it RUNNING; the janitor looks for rows of this worker id.
             self.task_lost(child, how)
         self.successor.pop(child.pid, None)
         self.processes.pop(child.pid, None)
@@ -414,7 +423,17 @@ class Supervisor:
             return
         wid = child.spec.worker_id
         pool = self.config.pools.get(child.spec.pool)
-        if child.killed_for_timeout is not None and pool is not None:
+        if task is None and child.killed_for_timeout is None:
+            # No task started in it: any RUNNING row of its worker id was claimed, never run, so
+            # it goes back to READY whatever on_worker_lost says (nothing of it ran twice).
+            lost = LostTask(
+                worker_id=wid,
+                task_id=None,
+                message=f"The worker that claimed this task ({wid}, pid {child.pid}) {how} before starting it.",
+                on_worker_lost="requeue",
+                max_attempts=pool.max_attempts if pool is not None else 3,
+            )
+        elif child.killed_for_timeout is not None and pool is not None:
             killed = child.killed_for_timeout
             lost = LostTask(
                 worker_id=wid,

@@ -27,6 +27,7 @@ RESERVED_POOL_NAME = "scheduler"  # the scheduler child's worker id reads node:s
 ON_WORKER_LOST = ("fail", "requeue")
 LOG_FORMATS = ("text", "json")
 
+MAX_DURATION = 100 * 365 * 86400.0  # seconds; past this, date arithmetic overflows
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
 _SIZE_UNITS = {
@@ -56,7 +57,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError('a duration must be a number of seconds or a string such as "30s"')
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError("a duration that large is out of range") from None
     elif isinstance(value, str):
         text = value.strip().lower()
         parts = list(_DURATION_PART.finditer(text))
@@ -68,6 +72,8 @@ def parse_duration(value: object) -> float:
         raise ValueError('a duration must be a number of seconds or a string such as "30s"')
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError("a duration must be finite and not negative")
+    if seconds > MAX_DURATION:
+        raise ValueError("a duration must be at most 100 years")
     return seconds
 
 
@@ -81,7 +87,10 @@ def parse_size(value: object) -> int:
         match = _SIZE.fullmatch(value.strip())
         if not match:
             raise ValueError('use bytes or a string such as "512MiB"')
-        size = int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()])
+        scaled = float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
+        if not math.isfinite(scaled):
+            raise ValueError("a size that large is out of range")
+        size = int(scaled)
     else:
         raise ValueError('a size must be a number of bytes or a string such as "512MiB"')
     if size <= 0:
@@ -227,6 +236,13 @@ def _as_str_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _queue_names(value: Any) -> tuple[str, ...]:
+    queues = _as_str_list(value)
+    if not queues:
+        raise TypeError("")
+    return queues
+
+
 def _as_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError("")
@@ -325,7 +341,7 @@ def _read_pool(name: str, table: Any, problems: list[str]) -> PoolConfig | None:
     low, high = r.get("processes", (1, 1), _processes, "an integer of at least 1 or { min = 1, max = 8 }")
     pool = PoolConfig(
         name=name,
-        queues=r.get("queues", (name,), _as_str_list, "a list of queue names"),
+        queues=r.get("queues", (name,), _queue_names, "a list of one or more queue names"),
         processes=low,
         max_processes=high,
         backend=r.get("backend", "default", _as_str, "a task backend alias from settings.TASKS"),
@@ -404,6 +420,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{file}: invalid TOML: {exc}."]) from None
+    except ValueError as exc:  # an integer longer than Python converts (4300 digits)
+        raise ConfigError([f"{file}: a value is out of range: {exc}."]) from None
+    except RecursionError:
+        raise ConfigError([f"{file}: arrays or tables are nested too deeply to read."]) from None
     return config_from_dict(data, file)
 
 

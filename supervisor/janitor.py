@@ -17,6 +17,7 @@ from django.utils import timezone
 from task_supervisor import recovery
 from task_supervisor.compat import TaskBackend
 from task_supervisor.config import Config, PoolConfig
+from task_supervisor.deadline import cut_connections, deadline
 from task_supervisor.recovery import FailedTask, LostTask, Outcome
 from task_supervisor.stats import Stats
 
@@ -26,6 +27,7 @@ RETRY_MIN = 0.5  # seconds before retrying chores after a database error
 RETRY_MAX = 10.0
 QUEUE_DEPTH_INTERVAL = 2.0  # seconds between READY-depth queries (metrics, autoscaling)
 MAX_ITEMS_PER_TURN = 20  # lost rows finished per loop turn, so a burst cannot hog the loop
+CHORES_DEADLINE = 2.0  # seconds one turn of chores may block the loop (each statement: 2 s too)
 
 
 class Janitor:
@@ -61,6 +63,10 @@ class Janitor:
                 "and run migrate to turn them on",
                 extra={"event": "heartbeats_off"},
             )
+
+    def cut(self) -> None:
+        """At a chore's deadline: cut the connections it may be blocked on."""
+        cut_connections({b.db_alias for b in self.backends.values()})()
 
     @property
     def node(self) -> str:
@@ -99,11 +105,13 @@ class Janitor:
 
     def recover_own(self, live_worker_ids: set[str]) -> None:
         """Queue the RUNNING rows of this node's earlier incarnations (no live child has them)."""
-        self._recover_prefix(
-            f"{self.node}:",
-            live_worker_ids,
-            f"The worker running this task ({{worker_id}}) was gone when its supervisor restarted on node {self.node}.",
-        )
+        with deadline(CHORES_DEADLINE, "looking for this node's RUNNING rows", self.cut):
+            self._recover_prefix(
+                f"{self.node}:",
+                live_worker_ids,
+                f"The worker running this task ({{worker_id}}) was gone when its supervisor restarted on node "
+                f"{self.node}.",
+            )
 
     def _recover_prefix(self, prefix: str, live_worker_ids: set[str], message: str) -> None:
         for backend in self.distinct_backends():
@@ -123,14 +131,15 @@ class Janitor:
         if now < self.retry_at:
             return
         try:
-            self._finish_pending()
-            if self.heartbeats and now >= self.next_beat:
-                self._beat(live_worker_ids, pools)
-                self.next_beat = now + self.beat_interval()
-                self.last_beat = timezone.now().isoformat()
-            if now >= self.next_depth:
-                self._measure_queues()
-                self.next_depth = now + QUEUE_DEPTH_INTERVAL
+            with deadline(CHORES_DEADLINE, "the database chores", self.cut):
+                self._finish_pending()
+                if self.heartbeats and now >= self.next_beat:
+                    self._beat(live_worker_ids, pools)
+                    self.next_beat = now + self.beat_interval()
+                    self.last_beat = timezone.now().isoformat()
+                if now >= self.next_depth:
+                    self._measure_queues()
+                    self.next_depth = now + QUEUE_DEPTH_INTERVAL
         except Exception as exc:  # a database error of any driver: retry later
             self._failed(now, exc)
         else:
@@ -152,7 +161,8 @@ class Janitor:
         )
         for backend in self.distinct_backends():
             connections[backend.db_alias].close()
-        self.retry_at = now + self.retry_delay
+        # From the clock, not ``now``: the failed call may have blocked up to its deadline.
+        self.retry_at = max(now, self.clock()) + self.retry_delay
         self.retry_delay = min(RETRY_MAX, self.retry_delay * 2)
 
     def _finish_pending(self) -> None:

@@ -9,6 +9,7 @@ Polling by the children stays the fallback (a lost connection, SQLite, no trigge
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import logging
@@ -18,12 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from task_supervisor.compat import TaskBackend
+from task_supervisor.deadline import deadline
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "task_supervisor_ready"
 RECONNECT_MIN = 1.0  # seconds
 RECONNECT_MAX = 30.0
+CONNECT_DEADLINE = 2.0  # seconds opening the connection may block the loop
 FAR_FUTURE = 10 * 365 * 86400.0  # run_after beyond this is the backend's "no run_after" marker
 
 
@@ -69,21 +72,26 @@ class ReadyListener:
         if self.conn is not None or now < self.retry_at:
             return self.conn is not None
         wrapper = connections[self.backend.db_alias]
+        conn = None
         try:
-            conn = wrapper.get_new_connection(wrapper.get_connection_params())
-            self.driver = type(conn).__module__.split(".")[0]
-            if self.driver == "psycopg2":
-                conn.set_isolation_level(0)
-                conn.cursor().execute(f"LISTEN {CHANNEL}")
-            else:
-                conn.autocommit = True
-                conn.execute(f"LISTEN {CHANNEL}")
+            with deadline(CONNECT_DEADLINE, "opening the LISTEN connection"):
+                conn = wrapper.get_new_connection(wrapper.get_connection_params())
+                self.driver = type(conn).__module__.split(".")[0]
+                if self.driver == "psycopg2":
+                    conn.set_isolation_level(0)
+                    conn.cursor().execute(f"LISTEN {CHANNEL}")
+                else:
+                    conn.autocommit = True
+                    conn.execute(f"LISTEN {CHANNEL}")
         except Exception as exc:
             log.warning(
                 "Cannot LISTEN for new tasks (polling meanwhile): %s",
                 " ".join(str(exc).split()),
                 extra={"event": "listen_failed"},
             )
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
             self.retry_at = now + self.retry_delay
             self.retry_delay = min(RECONNECT_MAX, self.retry_delay * 2)
             return False

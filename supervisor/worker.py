@@ -124,7 +124,7 @@ def run_child(spec: ChildSpec, report_fd: int, control_fd: int) -> NoReturn:
 
 
 def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int:
-    from task_supervisor import compat, proctitle
+    from task_supervisor import compat, proctitle, rowguard
 
     try:
         backend = compat.resolve(spec.backend)
@@ -136,6 +136,7 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
         return CHILD_EXIT_BOOT_FAILED
     if spec.log_format == "json":
         _json_task_logs(backend)
+    rowguard.install(backend.model)
     current = _hook_signals(backend, reporter, spec)
     worker_module = importlib.import_module(backend.worker_command)
     ControlChannel(control_fd, current).install(worker_module)

@@ -1,0 +1,80 @@
+"""Rows db_worker cannot even start: failed with the reason instead of crashing every child.
+
+db_worker claims the next READY row and then reads it. A row whose ``worker_ids`` is not a list
+makes the claim itself raise, inside db_worker's transaction, so the row stays READY and every
+child that picks it up dies: one bad row stops a queue. A row whose ``args_kwargs`` is not an
+object of ``args`` and ``kwargs`` makes db_worker raise again from its own failure handling. Both
+come from hand-edited rows or buggy producers writing the table directly.
+
+Inside each child, the backend's ``get_locked()`` (the query that picks the row to claim) checks
+the row first; one that cannot run is recorded FAILED with the error reading it raised, in the
+same transaction, and the next row is taken. Rows db_worker handles itself (a task path that
+no longer imports) are left to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+log = logging.getLogger("task_supervisor.worker")
+
+MAX_SKIPPED = 10  # unrunnable rows failed per pick, before letting db_worker poll again
+
+
+def install(model: Any) -> None:
+    """Wrap ``get_locked`` of the model's queryset class, once per process."""
+    queryset_class = type(model.objects.get_queryset())
+    original = queryset_class.get_locked
+    if getattr(original, "task_supervisor_guarded", False):
+        return
+
+    def get_locked(self: Any) -> Any:
+        for _ in range(MAX_SKIPPED):
+            row = original(self)
+            if row is None:
+                return None
+            error = unrunnable(row)
+            if error is None:
+                return row
+            fail(model, row, error)
+        return None
+
+    get_locked.task_supervisor_guarded = True  # type: ignore[attr-defined]
+    queryset_class.get_locked = get_locked
+
+
+def unrunnable(row: Any) -> BaseException | None:
+    """The error that claiming or reading ``row`` would raise, if db_worker would not survive it."""
+    from django.core.exceptions import SuspiciousOperation
+
+    if not isinstance(row.worker_ids, list):
+        return TypeError(f"worker_ids is a {type(row.worker_ids).__name__}, not a list; the row cannot be claimed")
+    try:
+        row.task_result  # noqa: B018 - reading it parses the arguments as db_worker will
+    except (ImportError, SuspiciousOperation):
+        return None  # db_worker records these FAILED itself and goes on
+    except Exception as exc:
+        return exc
+    return None
+
+
+def fail(model: Any, row: Any, error: BaseException) -> None:
+    from django.utils import timezone
+
+    model.objects.filter(pk=row.pk).update(
+        status="FAILED",
+        finished_at=timezone.now(),
+        return_value=None,
+        exception_class_path=f"{type(error).__module__}.{type(error).__qualname__}",
+        traceback="".join(traceback.format_exception(error)),
+    )
+    log.error(
+        "Task %s (%s) cannot run as stored and was marked FAILED: %s: %s",
+        row.pk,
+        row.task_path,
+        type(error).__name__,
+        error,
+        extra={"event": "task_unrunnable", "task_id": str(row.pk)},
+    )
