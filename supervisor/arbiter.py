@@ -232,7 +232,7 @@ class Supervisor:
 
     def read_reports(self, child: Child) -> None:
         """Read what a child said; at EOF stop watching its pipe."""
-        while True:
+        while child.reader.fd >= 0:
             try:
                 data = os.read(child.reader.fd, 65536)
             except BlockingIOError:
@@ -335,11 +335,16 @@ class Supervisor:
             min(idle, key=lambda c: c.woken_at).wake(now)
 
     def unwatch(self, child: Child) -> None:
+        """Stop watching the child's pipe and close it, once: a descriptor number closed twice
+        may by then belong to something else (a client's socket, another child's pipe)."""
+        fd, child.reader.fd = child.reader.fd, -1
+        if fd < 0:
+            return
         try:
-            self.selector.unregister(child.reader.fd)
+            self.selector.unregister(fd)
         except (KeyError, ValueError):
             pass
-        _close(child.reader.fd)
+        _close(fd)
 
     def handle_signals(self) -> None:
         for signum in self.signals.pop_all():
@@ -395,6 +400,7 @@ class Supervisor:
         else:
             log.warning("Child %s %s", child.spec.worker_id, how, extra=extra)
         _close(child.control_fd)
+        child.control_fd = -1
         if child.spec.role != SCHEDULER:
             # Whatever the exit, even 0: db_worker can claim a row and then stop on SIGTERM
             # before running it, leaving it RUNNING; the janitor looks for rows of this worker id.

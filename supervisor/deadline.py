@@ -31,7 +31,11 @@ def deadline(seconds: float, what: str, cut: Callable[[], None] = lambda: None) 
         yield
         return
 
+    inside = [True]
+
     def expire(signum: int, frame: Any) -> None:
+        if not inside[0]:
+            return  # an alarm already on its way when the block was left: nothing to end
         cut()
         raise DeadlineExceeded(f"{what} did not finish within {seconds:g}s (database not answering?)")
 
@@ -42,6 +46,7 @@ def deadline(seconds: float, what: str, cut: Callable[[], None] = lambda: None) 
     try:
         yield
     finally:
+        inside[0] = False  # first, so an alarm landing in here raises nothing
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 

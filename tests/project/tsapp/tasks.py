@@ -126,3 +126,9 @@ def always_fails(log: str) -> None:
     with open(log, "a") as attempts:
         attempts.write(f"{time.time()}\n")
     raise ConnectionError("always fails")
+
+
+@task()
+def unserialisable() -> object:
+    """Return what JSON cannot hold: the row must end FAILED, and the worker go on."""
+    return object()
