@@ -23,6 +23,7 @@ WORKER_ID_MAX_LENGTH = 64  # db_worker refuses longer worker ids
 _WORKER_ID_SUFFIX_RESERVE = len(":999:999999")
 
 START_METHODS = ("fork", "exec")
+MAX_PROCESSES = 999  # children per pool: worker ids reserve 3 digits for the slot
 RESERVED_POOL_NAME = "scheduler"  # the scheduler child's worker id reads node:scheduler:0:N
 ON_WORKER_LOST = ("fail", "requeue")
 LOG_FORMATS = ("text", "json")
@@ -265,9 +266,11 @@ def _processes(value: Any) -> tuple[int, int]:
         low, high = _positive_int(value["min"]), _positive_int(value["max"])
         if low > high:
             raise ValueError(f"min {low} is above max {high}")
-        return low, high
-    count = _positive_int(value)
-    return count, count
+    else:
+        low = high = _positive_int(value)
+    if high > MAX_PROCESSES:
+        raise ValueError(f"at most {MAX_PROCESSES} children per pool (slot numbers have 3 digits in worker ids)")
+    return low, high
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:

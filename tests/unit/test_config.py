@@ -193,3 +193,10 @@ def test_long_pod_names_keep_what_makes_each_replica_unique():
     names = [default_node_name(pod) for pod in pods]
     assert names[0] != names[1] and all(name.endswith(pod[-5:]) for name, pod in zip(names, pods, strict=True))
     assert all(len(name + ":default:999:999999") <= 64 for name in names)
+
+
+def test_a_pool_has_at_most_999_children(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[django]\nsettings = "s"\n[pools.default]\nprocesses = { min = 1, max = 5000 }\n')
+    with pytest.raises(ConfigError, match="at most 999 children per pool"):
+        load_config(path)
