@@ -152,7 +152,6 @@ def fire_slot(schedule: Schedule, slot: dt.datetime, node: str) -> Outcome:
 
 
 def previous_still_running(schedule: Schedule, alias: str, this_run: int) -> bool:
-    from task_supervisor import compat
     from task_supervisor.models import ScheduleRun
 
     previous = (
@@ -166,20 +165,25 @@ def previous_still_running(schedule: Schedule, alias: str, this_run: int) -> boo
     )
     if previous is None:
         return False
-    model = compat.resolve(schedule.task().backend).model
+    model = backend_of(schedule).model
     return model.objects.using(alias).filter(pk=previous, status__in=("READY", "NEW", "RUNNING")).exists()
 
 
-_databases: dict[str, str] = {}
+_backends: dict[str, Any] = {}
+
+
+def backend_of(schedule: Schedule) -> Any:
+    """The database backend the schedule's tasks go to, resolved once per schedule."""
+    if schedule.name not in _backends:
+        from task_supervisor import compat
+
+        _backends[schedule.name] = compat.resolve(schedule.task().backend)
+    return _backends[schedule.name]
 
 
 def database_of(schedule: Schedule) -> str:
     """The database alias the schedule's task rows are written to; the run log goes there too."""
-    if schedule.name not in _databases:
-        from task_supervisor import compat
-
-        _databases[schedule.name] = compat.resolve(schedule.task().backend).db_alias
-    return _databases[schedule.name]
+    return backend_of(schedule).db_alias
 
 
 @contextlib.contextmanager

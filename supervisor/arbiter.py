@@ -7,6 +7,7 @@ Signal handlers only queue the signal; children report over pipes; nothing here 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import enum
 import errno
@@ -432,13 +433,8 @@ class Supervisor:
         if task is None and child.killed_for_timeout is None:
             # No task started in it: any RUNNING row of its worker id was claimed, never run, so
             # it goes back to READY whatever on_worker_lost says (nothing of it ran twice).
-            lost = LostTask(
-                worker_id=wid,
-                task_id=None,
-                message=f"The worker that claimed this task ({wid}, pid {child.pid}) {how} before starting it.",
-                on_worker_lost="requeue",
-                max_attempts=pool.max_attempts if pool is not None else 3,
-            )
+            message = f"The worker that claimed this task ({wid}, pid {child.pid}) {how} before starting it."
+            lost = dataclasses.replace(self.janitor.lost_from_worker(wid, message), on_worker_lost="requeue")
         elif child.killed_for_timeout is not None and pool is not None:
             killed = child.killed_for_timeout
             lost = LostTask(

@@ -51,21 +51,17 @@ def deadline(seconds: float, what: str, cut: Callable[[], None] = lambda: None) 
         signal.signal(signal.SIGALRM, previous)
 
 
-def cut_connections(aliases: Iterable[str]) -> Callable[[], None]:
-    """A ``cut`` that shuts down the sockets of these Django database connections."""
+def cut_connections(aliases: Iterable[str]) -> None:
+    """Shut down the sockets of these Django database connections (a ``cut`` for deadline)."""
+    from django.db import connections
 
-    def cut() -> None:
-        from django.db import connections
-
-        for alias in aliases:
-            raw = getattr(connections[alias], "connection", None)
-            fileno = getattr(raw, "fileno", None)
-            if fileno is None:
-                continue  # not connected, or SQLite: nothing to wait on
-            with contextlib.suppress(Exception):
-                shut_down(fileno())
-
-    return cut
+    for alias in aliases:
+        raw = getattr(connections[alias], "connection", None)
+        fileno = getattr(raw, "fileno", None)
+        if fileno is None:
+            continue  # not connected, or SQLite: nothing to wait on
+        with contextlib.suppress(Exception):
+            shut_down(fileno())
 
 
 def shut_down(fd: int) -> None:

@@ -66,7 +66,7 @@ class Janitor:
 
     def cut(self) -> None:
         """At a chore's deadline: cut the connections it may be blocked on."""
-        cut_connections({b.db_alias for b in self.backends.values()})()
+        cut_connections({b.db_alias for b in self.backends.values()})
 
     @property
     def node(self) -> str:
