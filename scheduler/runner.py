@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from task_supervisor import protocol
 from task_supervisor.scheduler import timing
 from task_supervisor.scheduler.spec import Schedule
+from task_supervisor.wire import protocol
 
 log = logging.getLogger("task_supervisor.scheduler")
 
@@ -223,8 +223,8 @@ def serve(node: str, reporter: protocol.Reporter) -> int:
     """Entry point inside the scheduler child, Django set up; returns the exit code."""
     from django.conf import settings
 
-    from task_supervisor import proctitle
     from task_supervisor.scheduler import spec
+    from task_supervisor.worker import proctitle
 
     stop = {"requested": False}
 

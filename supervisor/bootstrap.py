@@ -66,7 +66,7 @@ def resolve_backends(config: Config) -> dict[str, compat.TaskBackend]:
 
 def check_retries(config: Config, backends: dict[str, compat.TaskBackend]) -> None:
     """[retries] names tasks that import and exception classes that exist."""
-    from task_supervisor import retry
+    from task_supervisor.chores import retry
 
     framework = next(iter(backends.values())).framework if backends else "django.tasks"
     task_class = getattr(importlib.import_module(framework), "Task", None)

@@ -79,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(exitcodes.EX_CONFIG, str(exc))
     try:
         bootstrap.setup_django(config)
-        setup_logging(config.supervisor.log_format)
+        jsonlog.setup_logging(config.supervisor.log_format)
         backends = bootstrap.resolve_backends(config)
         bootstrap.check_retries(config, backends)
         bootstrap.check_database(backends)
@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(exc.code, str(exc))
     for warning in warnings:
         log.warning("System check: %s", warning, extra={"event": "system_check"})
-    from task_supervisor.arbiter import Supervisor
+    from task_supervisor.loop.arbiter import Supervisor
 
     return Supervisor(config, backends, schedules=len([s for s in schedules if s.enabled])).run()
 
@@ -98,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from task_supervisor import endpoints, statustext
+    from task_supervisor.observe import endpoints, statustext
 
     try:
         config = load_config(args.config)
@@ -202,19 +202,6 @@ def cmd_schedules(args: argparse.Namespace) -> int:
         for moment in entry["next"] or ["never fires again"]:
             print(f"    {moment}")
     return exitcodes.EX_OK
-
-
-def setup_logging(log_format: str = "text", level: int = logging.INFO) -> None:
-    """Our own handler on stderr; called after django.setup(), whose LOGGING may disable loggers."""
-    root = logging.getLogger("task_supervisor")
-    for name, logger in list(logging.Logger.manager.loggerDict.items()):
-        if name.startswith("task_supervisor") and isinstance(logger, logging.Logger):
-            logger.disabled = False
-    root.disabled = False
-    root.handlers[:] = []
-    root.addHandler(jsonlog.handler(sys.stderr, log_format))
-    root.setLevel(level)
-    root.propagate = False
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import sys
 
 # Attributes passed with extra= that log pipelines filter on.
 _FIELDS = ("event", "pool", "slot", "pid", "task_id", "node", "reason", "status", "attempt")
@@ -36,3 +37,16 @@ def handler(stream: object, log_format: str) -> logging.Handler:
     else:
         result.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [task-supervisor] %(message)s"))
     return result
+
+
+def setup_logging(log_format: str = "text", level: int = logging.INFO) -> None:
+    """Our own handler on stderr; called after django.setup(), whose LOGGING may disable loggers."""
+    root = logging.getLogger("task_supervisor")
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("task_supervisor") and isinstance(logger, logging.Logger):
+            logger.disabled = False
+    root.disabled = False
+    root.handlers[:] = []
+    root.addHandler(handler(sys.stderr, log_format))
+    root.setLevel(level)
+    root.propagate = False

@@ -15,7 +15,7 @@ import psutil
 
 from benchkit import database, harness
 from benchkit.database import BenchError, Database
-from task_supervisor.pool import MIN_UPTIME
+from task_supervisor.loop.pool import MIN_UPTIME
 
 SAMPLE_TIMEOUT = 10.0  # seconds a single task may take to start before the figure is given up
 BOOT_TIMEOUT = 60.0  # seconds for a fresh db_worker to start its first task

@@ -19,8 +19,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from task_supervisor import endpoints, exitcodes
+from task_supervisor import exitcodes
 from task_supervisor.config import load_config
+from task_supervisor.observe import endpoints
 from tests.chaos.harness import Figures, free_port, http_get, observed_config, rows, unique_node
 from tests.chaos.proxy import FaultProxy
 from tests.support import PG_HOST, PG_PORT, PROJECT, Database, SupervisorProcess, config_toml, wait_until

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from task_supervisor.endpoints import (
+from task_supervisor.observe.endpoints import (
     CLIENT_DEADLINE,
     ControlServer,
     HttpServer,

@@ -8,9 +8,9 @@ import signal
 
 import pytest
 
-from task_supervisor.child import Child, ChildState, ExitReason, describe_status
 from task_supervisor.config import PoolConfig
-from task_supervisor.pool import (
+from task_supervisor.loop.child import Child, ChildState, ExitReason, describe_status
+from task_supervisor.loop.pool import (
     BACKOFF_CAP,
     GIVE_UP_AFTER,
     MIN_UPTIME,
@@ -18,7 +18,7 @@ from task_supervisor.pool import (
     recycle_after,
     restart_delay,
 )
-from task_supervisor.worker import CHILD_EXIT_BOOT_FAILED, ChildSpec
+from task_supervisor.wire.spec import CHILD_EXIT_BOOT_FAILED, ChildSpec
 
 
 def spec(slot: int = 0) -> ChildSpec:

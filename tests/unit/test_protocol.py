@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 
-from task_supervisor.protocol import MAX_LINE_BYTES, Reader, Reporter
+from task_supervisor.wire.protocol import MAX_LINE_BYTES, Reader, Reporter
 
 
 def test_messages_cross_the_pipe_whole_even_when_split():

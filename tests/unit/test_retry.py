@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
+from task_supervisor.chores.retry import matches, problems, retry_delay
 from task_supervisor.config import RetryPolicy
-from task_supervisor.retry import matches, problems, retry_delay
 
 
 class Top(random.Random):

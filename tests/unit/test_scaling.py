@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from task_supervisor.scaling import UP_COOLDOWN, ScaleState, decide
+from task_supervisor.loop.scaling import UP_COOLDOWN, ScaleState, decide
 
 
 def step(now, current, busy, idle, depth, state, lo=1, hi=8, cooldown=30.0):

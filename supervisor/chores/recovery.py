@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from task_supervisor.chores.retry import matches, retry_delay
 from task_supervisor.compat import TaskBackend
 from task_supervisor.config import RetryPolicy
-from task_supervisor.retry import matches, retry_delay
 
 PolicyFor = Callable[[str], "RetryPolicy | None"]  # task path -> its retry policy
 

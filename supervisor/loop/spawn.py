@@ -8,13 +8,8 @@ import sys
 import threading
 from collections.abc import Callable
 
-from task_supervisor.worker import (
-    CHILD_EXIT_CRASHED,
-    ChildSpec,
-    exec_child,
-    prepare_after_fork,
-    run_child,
-)
+from task_supervisor.wire.spec import CHILD_EXIT_CRASHED, ChildSpec
+from task_supervisor.worker.run import exec_child, prepare_after_fork, run_child
 
 
 class ForkWithThreadsError(RuntimeError):

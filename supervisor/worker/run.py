@@ -10,71 +10,25 @@ from __future__ import annotations
 
 import ctypes
 import importlib
-import json
 import os
 import signal
 import sys
 import traceback
-from dataclasses import asdict, dataclass
 from typing import Any, NoReturn
 
-from task_supervisor import protocol
-from task_supervisor.childcontrol import ControlChannel, CurrentTask
-
-# Exit codes of a child; the supervisor reads them to tell a boot failure from a crash.
-CHILD_EXIT_OK = 0
-CHILD_EXIT_BOOT_FAILED = 78  # could not set Django up or reach the database
-CHILD_EXIT_CRASHED = 70  # db_worker raised (for instance the database went away mid-run)
-CHILD_EXIT_ORPHANED = 75  # the supervisor was already gone when the child started
-
-SCHEDULER = "scheduler"  # ChildSpec.role of the scheduler child
+from task_supervisor.wire import protocol
+from task_supervisor.wire.spec import (
+    CHILD_EXIT_BOOT_FAILED,
+    CHILD_EXIT_CRASHED,
+    CHILD_EXIT_OK,
+    CHILD_EXIT_ORPHANED,
+    SCHEDULER,
+    ChildSpec,
+)
+from task_supervisor.worker.control import ControlChannel, CurrentTask
 
 _PR_SET_PDEATHSIG = 1
 _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
-
-
-@dataclass(frozen=True, slots=True)
-class ChildSpec:
-    """Everything a child needs to become a db_worker; JSON-able for exec'd children."""
-
-    pool: str
-    slot: int
-    generation: int
-    worker_id: str
-    queues: tuple[str, ...]
-    backend: str
-    interval: float
-    max_tasks: int | None
-    parent_pid: int
-    settings: str
-    pythonpath: tuple[str, ...]
-    persistent_connections: bool = True
-    log_format: str = "text"
-    role: str = "worker"  # or "scheduler": the periodic task scheduler instead of db_worker
-
-    def db_worker_argv(self) -> list[str]:
-        argv = [
-            "--queue-name", ",".join(self.queues),
-            "--interval", repr(self.interval),
-            "--backend", self.backend,
-            "--worker-id", self.worker_id,
-            "--no-reload",  # db_worker defaults to autoreload under DEBUG
-            "--no-startup-delay",  # the supervisor paces starts itself
-            "--skip-checks",  # the supervisor ran Django's system checks once, at its start
-        ]  # fmt: skip
-        if self.max_tasks is not None:
-            argv += ["--max-tasks", str(self.max_tasks)]
-        return argv
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> ChildSpec:
-        data = json.loads(text)
-        data["queues"] = tuple(data["queues"])
-        data["pythonpath"] = tuple(data["pythonpath"])
-        return cls(**data)
 
 
 def prepare_after_fork(parent_pid: int) -> None:
@@ -124,7 +78,8 @@ def run_child(spec: ChildSpec, report_fd: int, control_fd: int) -> NoReturn:
 
 
 def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int:
-    from task_supervisor import compat, proctitle, rowguard
+    from task_supervisor import compat
+    from task_supervisor.worker import proctitle, rowguard
 
     try:
         backend = compat.resolve(spec.backend)
@@ -148,7 +103,7 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
 
 
 def _serve_scheduler(spec: ChildSpec, reporter: protocol.Reporter) -> int:
-    from task_supervisor.cli import setup_logging
+    from task_supervisor.jsonlog import setup_logging
     from task_supervisor.scheduler import runner
 
     setup_logging(spec.log_format)  # an exec'd child has no handler yet; a forked one gets the same
@@ -192,7 +147,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _hook_signals(backend: Any, reporter: protocol.Reporter, spec: ChildSpec) -> CurrentTask:
-    from task_supervisor import proctitle
+    from task_supervisor.worker import proctitle
 
     current = CurrentTask()
 
@@ -244,7 +199,3 @@ def main(argv: list[str]) -> NoReturn:
         reporter.send(protocol.BOOT_FAILED, reason=_one_line(exc))
         os._exit(CHILD_EXIT_BOOT_FAILED)
     run_child(spec, report_fd, control_fd)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

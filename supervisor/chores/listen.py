@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from task_supervisor.chores.timebox import timebox
 from task_supervisor.compat import TaskBackend
-from task_supervisor.deadline import deadline
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class ReadyListener:
         wrapper = connections[self.backend.db_alias]
         conn = None
         try:
-            with deadline(CONNECT_DEADLINE, "opening the LISTEN connection"):
+            with timebox(CONNECT_DEADLINE, "opening the LISTEN connection"):
                 conn = wrapper.get_new_connection(wrapper.get_connection_params())
                 self.driver = type(conn).__module__.split(".")[0]
                 if self.driver == "psycopg2":

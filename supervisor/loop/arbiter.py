@@ -23,18 +23,20 @@ from typing import Any
 
 import psutil
 
-from task_supervisor import __version__, endpoints, exitcodes, exposition, signals
-from task_supervisor.child import Child, ChildState, ExitReason, describe_status
+from task_supervisor import __version__, exitcodes
+from task_supervisor.chores.janitor import Janitor
+from task_supervisor.chores.listen import ReadyListener
+from task_supervisor.chores.recovery import TASK_TIMEOUT, FailedTask, LostTask
 from task_supervisor.compat import TaskBackend
 from task_supervisor.config import Config, ConfigError, PoolConfig, load_config
-from task_supervisor.janitor import Janitor
-from task_supervisor.notify import ReadyListener
-from task_supervisor.pool import Pool, Slot, recycle_after
-from task_supervisor.recovery import TASK_TIMEOUT, FailedTask, LostTask
-from task_supervisor.scaling import ScaleState, decide
-from task_supervisor.spawn import Spawner
-from task_supervisor.stats import Stats
-from task_supervisor.worker import SCHEDULER, ChildSpec
+from task_supervisor.loop import signals
+from task_supervisor.loop.child import Child, ChildState, ExitReason, describe_status
+from task_supervisor.loop.pool import Pool, Slot, recycle_after
+from task_supervisor.loop.scaling import ScaleState, decide
+from task_supervisor.loop.spawn import Spawner
+from task_supervisor.observe import endpoints, exposition
+from task_supervisor.observe.stats import Stats
+from task_supervisor.wire.spec import SCHEDULER, ChildSpec
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from task_supervisor import childcontrol, protocol
-from task_supervisor.worker import CHILD_EXIT_BOOT_FAILED, ChildSpec
+from task_supervisor.wire import control, protocol
+from task_supervisor.wire.spec import CHILD_EXIT_BOOT_FAILED, ChildSpec
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +144,13 @@ class Child:
         task = self.task
         assert task is not None and task.timeout is not None
         self.timed_out = task
-        if childcontrol.send_timeout(self.control_fd, task.task_id, task.timeout):
-            self.signal(childcontrol.TIMEOUT_SIGNAL)
+        if control.send_timeout(self.control_fd, task.task_id, task.timeout):
+            self.signal(control.TIMEOUT_SIGNAL)
 
     def wake(self, now: float) -> None:
         """Cut its wait between polls short: a task is READY for it."""
         self.woken_at = now
-        childcontrol.send_wake(self.control_fd)
+        control.send_wake(self.control_fd)
 
     def kill(self) -> None:
         self.killed = True

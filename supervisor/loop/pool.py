@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from task_supervisor.child import Child, ExitReason
 from task_supervisor.config import PoolConfig
+from task_supervisor.loop.child import Child, ExitReason
 
 BACKOFF_BASE = 0.1  # seconds before the first restart of a child that died fast
 BACKOFF_CAP = 15.0  # seconds; short enough to notice a database coming back soon
@@ -76,7 +76,7 @@ class Pool:
 
     def remove_idle_slot(self) -> Child | None:
         """Remove the highest slot whose child is idle; returns that child to stop."""
-        from task_supervisor.child import ChildState
+        from task_supervisor.loop.child import ChildState
 
         for index in sorted(self.slots, reverse=True):
             child = self.slots[index].child

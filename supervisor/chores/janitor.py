@@ -14,12 +14,12 @@ from collections.abc import Callable
 
 from django.utils import timezone
 
-from task_supervisor import recovery
+from task_supervisor.chores import recovery
+from task_supervisor.chores.recovery import FailedTask, LostTask, Outcome
+from task_supervisor.chores.timebox import cut_connections, timebox
 from task_supervisor.compat import TaskBackend
 from task_supervisor.config import Config, PoolConfig
-from task_supervisor.deadline import cut_connections, deadline
-from task_supervisor.recovery import FailedTask, LostTask, Outcome
-from task_supervisor.stats import Stats
+from task_supervisor.observe.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class Janitor:
 
     def recover_own(self, live_worker_ids: set[str]) -> None:
         """Queue the RUNNING rows of this node's earlier incarnations (no live child has them)."""
-        with deadline(CHORES_DEADLINE, "looking for this node's RUNNING rows", self.cut):
+        with timebox(CHORES_DEADLINE, "looking for this node's RUNNING rows", self.cut):
             self._recover_prefix(
                 f"{self.node}:",
                 live_worker_ids,
@@ -131,7 +131,7 @@ class Janitor:
         if now < self.retry_at:
             return
         try:
-            with deadline(CHORES_DEADLINE, "the database chores", self.cut):
+            with timebox(CHORES_DEADLINE, "the database chores", self.cut):
                 self._finish_pending()
                 if self.heartbeats and now >= self.next_beat:
                     self._beat(live_worker_ids, pools)

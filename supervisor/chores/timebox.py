@@ -1,4 +1,4 @@
-"""A deadline for the few blocking calls the supervisor's loop makes: its database chores.
+"""A time box for the few blocking calls the supervisor's loop makes: its database chores.
 
 A statement timeout bounds a query the server works on, but not a connection that stopped
 answering (a stalled network, a frozen proxy, a host gone without a reset): the client would wait
@@ -20,13 +20,13 @@ from typing import Any
 REPEAT = 0.25  # seconds between further alarms once the deadline has passed
 
 
-class DeadlineExceeded(Exception):
+class TimeboxExceeded(Exception):
     """A blocking call on the loop outlived its deadline; its connection was cut."""
 
 
 @contextlib.contextmanager
-def deadline(seconds: float, what: str, cut: Callable[[], None] = lambda: None) -> Iterator[None]:
-    """Run ``cut`` and raise DeadlineExceeded inside the block if it runs past ``seconds``."""
+def timebox(seconds: float, what: str, cut: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Run ``cut`` and raise TimeboxExceeded inside the block if it runs past ``seconds``."""
     if seconds <= 0 or threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -37,7 +37,7 @@ def deadline(seconds: float, what: str, cut: Callable[[], None] = lambda: None) 
         if not inside[0]:
             return  # an alarm already on its way when the block was left: nothing to end
         cut()
-        raise DeadlineExceeded(f"{what} did not finish within {seconds:g}s (database not answering?)")
+        raise TimeboxExceeded(f"{what} did not finish within {seconds:g}s (database not answering?)")
 
     previous = signal.signal(signal.SIGALRM, expire)
     # Repeating: cleanup after the first expiry (a rollback, Django reconnecting to restore
@@ -52,7 +52,7 @@ def deadline(seconds: float, what: str, cut: Callable[[], None] = lambda: None) 
 
 
 def cut_connections(aliases: Iterable[str]) -> None:
-    """Shut down the sockets of these Django database connections (a ``cut`` for deadline)."""
+    """Shut down the sockets of these Django database connections (a ``cut`` for timebox)."""
     from django.db import connections
 
     for alias in aliases:

@@ -1,10 +1,5 @@
-"""What the supervisor tells a child over its control pipe, one line each:
-
-- ``wake``: a task became READY for your queues; stop waiting and poll now.
-- ``timeout <task id> <seconds>`` (with SIGUSR1): raise TaskTimeout in that task.
-
-The child side replaces db_worker's ``time.sleep`` between polls with a wait on this pipe, so an
-idle child picks up a task the moment the supervisor hears of it, and polling stays the fallback.
+"""The child's end of the control pipe (format in ``task_supervisor.wire.control``): reads the
+supervisor's lines, raises TaskTimeout in the running task, and sleeps interruptibly.
 """
 
 from __future__ import annotations
@@ -16,26 +11,7 @@ import time
 from typing import Any
 
 from task_supervisor.exceptions import TaskTimeout
-
-TIMEOUT_SIGNAL = signal.SIGUSR1
-WAKE = b"wake\n"
-
-
-def send_wake(fd: int) -> bool:
-    """Supervisor side; False if the pipe is full or gone (the child will poll anyway)."""
-    try:
-        os.write(fd, WAKE)
-    except OSError:
-        return False
-    return True
-
-
-def send_timeout(fd: int, task_id: str, seconds: float) -> bool:
-    try:
-        os.write(fd, f"timeout {task_id} {seconds:g}\n".encode())
-    except OSError:
-        return False
-    return True
+from task_supervisor.wire.control import TIMEOUT_SIGNAL
 
 
 class CurrentTask:

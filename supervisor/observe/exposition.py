@@ -16,8 +16,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from task_supervisor.endpoints import Response
-from task_supervisor.stats import Stats
+from task_supervisor.observe.endpoints import Response
+from task_supervisor.observe.stats import Stats
 
 Snapshot = dict[str, Any]
 

@@ -1,0 +1,1 @@
+"""The supervisor's database chores: lost rows, retries, heartbeats, LISTEN; each call time-boxed."""

@@ -1,0 +1,1 @@
+"""Observation: HTTP endpoints and control socket, Prometheus exposition, counters, status text."""

@@ -1,0 +1,61 @@
+"""What the supervisor hands a child to become a worker, and how a child's exit reads.
+
+Shared by both sides of the fork (and by an exec'd child, which gets the spec as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+# Exit codes of a child; the supervisor reads them to tell a boot failure from a crash.
+CHILD_EXIT_OK = 0
+CHILD_EXIT_BOOT_FAILED = 78  # could not set Django up or reach the database
+CHILD_EXIT_CRASHED = 70  # db_worker raised (for instance the database went away mid-run)
+CHILD_EXIT_ORPHANED = 75  # the supervisor was already gone when the child started
+
+SCHEDULER = "scheduler"  # ChildSpec.role of the scheduler child
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    """Everything a child needs to become a db_worker; JSON-able for exec'd children."""
+
+    pool: str
+    slot: int
+    generation: int
+    worker_id: str
+    queues: tuple[str, ...]
+    backend: str
+    interval: float
+    max_tasks: int | None
+    parent_pid: int
+    settings: str
+    pythonpath: tuple[str, ...]
+    persistent_connections: bool = True
+    log_format: str = "text"
+    role: str = "worker"  # or "scheduler": the periodic task scheduler instead of db_worker
+
+    def db_worker_argv(self) -> list[str]:
+        argv = [
+            "--queue-name", ",".join(self.queues),
+            "--interval", repr(self.interval),
+            "--backend", self.backend,
+            "--worker-id", self.worker_id,
+            "--no-reload",  # db_worker defaults to autoreload under DEBUG
+            "--no-startup-delay",  # the supervisor paces starts itself
+            "--skip-checks",  # the supervisor ran Django's system checks once, at its start
+        ]  # fmt: skip
+        if self.max_tasks is not None:
+            argv += ["--max-tasks", str(self.max_tasks)]
+        return argv
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ChildSpec:
+        data = json.loads(text)
+        data["queues"] = tuple(data["queues"])
+        data["pythonpath"] = tuple(data["pythonpath"])
+        return cls(**data)
