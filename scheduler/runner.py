@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from task_supervisor import events
 from task_supervisor.scheduler import timing
 from task_supervisor.scheduler.spec import Schedule
 from task_supervisor.wire import protocol
@@ -33,6 +34,12 @@ SCHEDULES = "schedules"  # "schedules": [{"name", "next"}], sent once booted
 # Outcomes of a slot: enqueued here; enqueued by another replica; skipped while the previous
 # run is still READY or RUNNING (overlap = "skip"); dropped as missed (the missed policy).
 FIRED, TAKEN, OVERLAP, MISSED = "fired", "taken", "overlap", "missed"
+SLOT_EVENTS = {
+    FIRED: events.SLOT_FIRED,
+    TAKEN: events.SLOT_TAKEN,
+    OVERLAP: events.SLOT_OVERLAP,
+    MISSED: events.SLOT_MISSED,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +107,7 @@ class Runner:
                             type(exc).__name__,
                             exc,
                             DB_RETRY,
-                            extra={"event": "schedule_error", "schedule": schedule.name},
+                            extra={"event": events.SCHEDULE_ERROR, "schedule": schedule.name},
                         )
                         close_connections()
                         self.retry_at[schedule.name] = now + dt.timedelta(seconds=DB_RETRY)
@@ -260,7 +267,7 @@ def serve(node: str, reporter: protocol.Reporter) -> int:
                 outcome.kind, "missed (dropped by the missed-run policy)"
             ),
             f" as task {outcome.task_id}" if outcome.task_id else "",
-            extra={"event": f"slot_{outcome.kind}", "schedule": outcome.schedule, "task_id": outcome.task_id or None},
+            extra={"event": SLOT_EVENTS[outcome.kind], "schedule": outcome.schedule, "task_id": outcome.task_id or None},
         )
 
     runner = Runner(schedules, node, report)

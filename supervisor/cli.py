@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from task_supervisor import __version__, bootstrap, exitcodes, jsonlog
+from task_supervisor import __version__, bootstrap, events, exitcodes, jsonlog
 from task_supervisor.config import Config, ConfigError, load_config
 
 log = logging.getLogger("task_supervisor")
@@ -89,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except bootstrap.StartupError as exc:
         return _fail(exc.code, str(exc))
     for warning in warnings:
-        log.warning("System check: %s", warning, extra={"event": "system_check"})
+        log.warning("System check: %s", warning, extra={"event": events.SYSTEM_CHECK})
     from task_supervisor.loop.arbiter import Supervisor
 
     return Supervisor(config, backends, schedules=len([s for s in schedules if s.enabled])).run()

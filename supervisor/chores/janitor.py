@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from django.utils import timezone
 
+from task_supervisor import events
 from task_supervisor.chores import recovery
 from task_supervisor.chores.recovery import FailedTask, LostTask, Outcome
 from task_supervisor.chores.timebox import cut_connections, timebox
@@ -61,7 +62,7 @@ class Janitor:
             log.warning(
                 "Node heartbeats and dead-node recovery are off: add 'task_supervisor' to INSTALLED_APPS "
                 "and run migrate to turn them on",
-                extra={"event": "heartbeats_off"},
+                extra={"event": events.HEARTBEATS_OFF},
             )
 
     def cut(self) -> None:
@@ -157,7 +158,7 @@ class Janitor:
             "Database chores failed, retrying in %.1fs: %s",
             self.retry_delay,
             self.db_error,
-            extra={"event": "db_error"},
+            extra={"event": events.DB_ERROR},
         )
         for backend in self.distinct_backends():
             connections[backend.db_alias].close()
@@ -196,7 +197,12 @@ class Janitor:
             outcome.attempts,
             lost.exception_path.rsplit(".", 1)[-1],
             lost.message,
-            extra={"event": "task_lost_handled", "task_id": outcome.task_id, "status": outcome.status, "pool": pool},
+            extra={
+                "event": events.TASK_LOST_HANDLED,
+                "task_id": outcome.task_id,
+                "status": outcome.status,
+                "pool": pool,
+            },
         )
 
     def _retry_handled(self, pool: str, exception_path: str, outcome: Outcome) -> None:
@@ -210,7 +216,7 @@ class Janitor:
                 outcome.path,
                 exception_path,
                 outcome.attempts,
-                extra={**extra, "event": "retry_exhausted"},
+                extra={**extra, "event": events.RETRY_EXHAUSTED},
             )
         elif outcome.run_after is not None:
             self.stats.retries[(pool, "scheduled")] += 1
@@ -223,7 +229,7 @@ class Janitor:
                 exception_path,
                 outcome.attempts,
                 when,
-                extra={**extra, "event": "retry_scheduled"},
+                extra={**extra, "event": events.RETRY_SCHEDULED},
             )
 
     def _measure_queues(self) -> None:
@@ -246,7 +252,7 @@ class Janitor:
             log.warning(
                 "Node %s stopped sending heartbeats; recovering its running tasks",
                 node,
-                extra={"event": "dead_node", "node": node},
+                extra={"event": events.DEAD_NODE, "node": node},
             )
             self._recover_prefix(
                 f"{node}:",
@@ -272,7 +278,7 @@ class Janitor:
                 "or any live node will recover them",
                 len(self.pending),
                 self.node,
-                extra={"event": "lost_unrecorded"},
+                extra={"event": events.LOST_UNRECORDED},
             )
         if self.heartbeats:
             try:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from task_supervisor import events
 from task_supervisor.chores.timebox import timebox
 from task_supervisor.compat import TaskBackend
 
@@ -87,7 +88,7 @@ class ReadyListener:
             log.warning(
                 "Cannot LISTEN for new tasks (polling meanwhile): %s",
                 " ".join(str(exc).split()),
-                extra={"event": "listen_failed"},
+                extra={"event": events.LISTEN_CONNECT_FAILED},
             )
             if conn is not None:
                 with contextlib.suppress(Exception):
@@ -97,7 +98,7 @@ class ReadyListener:
             return False
         self.conn = conn
         self.retry_delay = RECONNECT_MIN
-        log.info("Listening for new tasks on %s", CHANNEL, extra={"event": "listening"})
+        log.info("Listening for new tasks on %s", CHANNEL, extra={"event": events.LISTENING})
         return True
 
     def read(self) -> list[str]:
@@ -119,7 +120,7 @@ class ReadyListener:
             log.warning(
                 "LISTEN connection lost (polling meanwhile): %s",
                 " ".join(str(exc).split()),
-                extra={"event": "listen_lost"},
+                extra={"event": events.LISTEN_LOST},
             )
             self.close()
         now_wall = self.wall()

@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from task_supervisor import __version__, exitcodes
+from task_supervisor import __version__, events, exitcodes
 from task_supervisor.chores.janitor import Janitor
 from task_supervisor.chores.listen import ReadyListener
 from task_supervisor.chores.recovery import TASK_TIMEOUT, FailedTask, LostTask
@@ -120,7 +120,7 @@ class Supervisor:
         except (OSError, endpoints.SupervisorRunning) as exc:
             for server in self.servers:
                 server.close()
-            log.critical("Cannot listen: %s", exc, extra={"event": "listen_failed"})
+            log.critical("Cannot listen: %s", exc, extra={"event": events.HTTP_BIND_FAILED})
             return exitcodes.EX_CONFIG
         self.signals.install()
         self.selector.register(self.signals.wake_r, selectors.EVENT_READ, None)
@@ -129,7 +129,7 @@ class Supervisor:
             self.pid,
             self.config.supervisor.node,
             ", ".join(f"{p.name}x{p.config.processes}" for p in self.pools.values()),
-            extra={"event": "supervisor_started"},
+            extra={"event": events.SUPERVISOR_STARTED},
         )
         try:
             self.recover_own_tasks()
@@ -154,7 +154,7 @@ class Supervisor:
                     self.janitor.tick(now, self.live_worker_ids(), list(self.pools))
         finally:
             self.halt()
-        log.info("Supervisor stopped: %s", self.exit_reason or "clean exit", extra={"event": "supervisor_stopped"})
+        log.info("Supervisor stopped: %s", self.exit_reason or "clean exit", extra={"event": events.SUPERVISOR_STOPPED})
         return self.exit_code
 
     def finished(self) -> bool:
@@ -275,7 +275,7 @@ class Supervisor:
             log.info(
                 "Child %s passed max_memory; recycling it after its task",
                 child.spec.worker_id,
-                extra={**child.log_extra, "event": "child_recycle_memory"},
+                extra={**child.log_extra, "event": events.CHILD_RECYCLE_MEMORY},
             )
             child.request_stop(now, self.config.supervisor.graceful_timeout)
         extra = child.log_extra
@@ -283,13 +283,13 @@ class Supervisor:
             pool_slot = self.slot_of.get(child.pid)
             if pool_slot:
                 pool_slot[0].ever_up = True
-            log.debug("Child %s ready", child.spec.worker_id, extra={**extra, "event": "child_ready"})
+            log.debug("Child %s ready", child.spec.worker_id, extra={**extra, "event": events.CHILD_READY})
         if child.task is not None and child.task is not before:
             log.debug(
                 "Child pid=%s started task %s",
                 child.pid,
                 child.task.task_id,
-                extra={**extra, "event": "task_started", "task_id": child.task.task_id},
+                extra={**extra, "event": events.TASK_STARTED, "task_id": child.task.task_id},
             )
 
     def on_scheduler_message(self, message: dict) -> None:
@@ -373,7 +373,9 @@ class Supervisor:
             reaped = True
             child = self.children.pop(pid, None)
             if child is None:
-                log.debug("Reaped orphan pid=%s (%s)", pid, describe_status(status), extra={"event": "orphan_reaped"})
+                log.debug(
+                    "Reaped orphan pid=%s (%s)", pid, describe_status(status), extra={"event": events.ORPHAN_REAPED}
+                )
                 continue
             self.read_reports(child)  # what it said before dying (boot errors, last task)
             self.unwatch(child)
@@ -426,7 +428,7 @@ class Supervisor:
                 task.path,
                 child.pid,
                 how,
-                extra={**child.log_extra, "event": "task_lost", "task_id": task.task_id},
+                extra={**child.log_extra, "event": events.TASK_LOST, "task_id": task.task_id},
             )
         if self.janitor is None:
             return
@@ -474,7 +476,7 @@ class Supervisor:
                 "Could not look for tasks left RUNNING by an earlier run of node %s: %s",
                 self.config.supervisor.node,
                 exc,
-                extra={"event": "db_error"},
+                extra={"event": events.DB_ERROR},
             )
         self.janitor.tick(self.clock(), self.live_worker_ids(), list(self.pools))
 
@@ -491,7 +493,7 @@ class Supervisor:
                 pool.name,
                 slot.index,
                 exc,
-                extra={"event": "spawn_failed", "pool": pool.name, "slot": slot.index},
+                extra={"event": events.SPAWN_FAILED, "pool": pool.name, "slot": slot.index},
             )
             slot.failures += 1
             slot.start_after = now + 1.0
@@ -501,7 +503,9 @@ class Supervisor:
         self.slot_of[pid] = (pool, slot)
         slot.child = child
         self.selector.register(fd, selectors.EVENT_READ, child)
-        log.info("Started child %s pid=%s", spec.worker_id, pid, extra={**child.log_extra, "event": "child_started"})
+        log.info(
+            "Started child %s pid=%s", spec.worker_id, pid, extra={**child.log_extra, "event": events.CHILD_STARTED}
+        )
 
     def child_spec(self, pool: PoolConfig, slot: int, generation: int, role: str = "worker") -> ChildSpec:
         return ChildSpec(
@@ -567,7 +571,7 @@ class Supervisor:
             depth,
             busy,
             idle,
-            extra={"event": "pool_scaled", "pool": pool.name, "direction": direction},
+            extra={"event": events.POOL_SCALED, "pool": pool.name, "direction": direction},
         )
 
     def manage_pools(self, now: float) -> None:
@@ -611,7 +615,7 @@ class Supervisor:
                     task.task_id,
                     task.path,
                     task.timeout,
-                    extra={**extra, "event": "task_timeout"},
+                    extra={**extra, "event": events.TASK_TIMEOUT},
                 )
                 child.tell_timeout()
                 self.stats.timeouts[(child.spec.pool, "soft")] += 1
@@ -621,7 +625,7 @@ class Supervisor:
                     task.task_id,
                     task.path,
                     child.pid,
-                    extra={**extra, "event": "task_timeout_kill"},
+                    extra={**extra, "event": events.TASK_TIMEOUT_KILL},
                 )
                 child.killed_for_timeout = task
                 child.kill()
@@ -647,7 +651,7 @@ class Supervisor:
                 child.spec.worker_id,
                 rss >> 20,
                 pool.max_memory >> 20,
-                extra={**child.log_extra, "event": "child_over_memory"},
+                extra={**child.log_extra, "event": events.CHILD_OVER_MEMORY},
             )
             if child.state is ChildState.BUSY:
                 child.recycle_after_task = True
@@ -661,7 +665,7 @@ class Supervisor:
                 log.warning(
                     "Child %s did not stop within its grace period; killing it",
                     child.spec.worker_id,
-                    extra={**child.log_extra, "event": "child_killed"},
+                    extra={**child.log_extra, "event": events.CHILD_KILLED},
                 )
                 child.kill()
         if self.stop_deadline is not None and now >= self.stop_deadline and self.children:
@@ -675,7 +679,7 @@ class Supervisor:
             reason = next((p.last_error() for p in self.pools.values() if p.last_error()), "")
             self.exit_code = exitcodes.EX_NO_WORKERS
             self.exit_reason = f"no pool could start a worker: {reason or 'every child exited at boot'}"
-            log.critical("Giving up: %s", self.exit_reason, extra={"event": "supervisor_gave_up"})
+            log.critical("Giving up: %s", self.exit_reason, extra={"event": events.SUPERVISOR_GAVE_UP})
             self.phase = Phase.STOPPING
 
     # -- signals ---------------------------------------------------------------------------
@@ -686,7 +690,7 @@ class Supervisor:
             "Received %s: draining (running tasks finish; killed after %.0fs)",
             signals.name(signum),
             grace,
-            extra={"event": "drain_started"},
+            extra={"event": events.DRAIN_STARTED},
         )
         self.phase = Phase.DRAINING
         self.exit_reason = f"drained after {signals.name(signum)}"
@@ -696,7 +700,9 @@ class Supervisor:
 
     def stop_now(self, signum: int) -> None:
         log.warning(
-            "Received %s: stopping now, running tasks are killed", signals.name(signum), extra={"event": "forced_stop"}
+            "Received %s: stopping now, running tasks are killed",
+            signals.name(signum),
+            extra={"event": events.FORCED_STOP},
         )
         self.phase = Phase.STOPPING
         self.exit_code = exitcodes.EX_FORCED
@@ -713,12 +719,14 @@ class Supervisor:
             new = load_config(self.config.path)
         except ConfigError as exc:
             for problem in exc.problems:
-                log.error("Reload refused, keeping the running config: %s", problem, extra={"event": "reload_failed"})
+                log.error(
+                    "Reload refused, keeping the running config: %s", problem, extra={"event": events.RELOAD_FAILED}
+                )
             return
         if new.django != self.config.django or new.supervisor.node != self.config.supervisor.node:
             log.warning(
                 "[django] and supervisor.node changes need a restart; applying the rest",
-                extra={"event": "reload_partial"},
+                extra={"event": events.RELOAD_PARTIAL},
             )
         now = self.clock()
         old_pools, self.config = self.pools, new
@@ -729,7 +737,7 @@ class Supervisor:
             old = old_pools.pop(name, None)
             if old is None:
                 self.pools[name] = Pool(pool_config)
-                log.info("Pool %s added", name, extra={"event": "pool_added", "pool": name})
+                log.info("Pool %s added", name, extra={"event": events.POOL_ADDED, "pool": name})
             elif old.config == pool_config:
                 self.pools[name] = old
             elif _same_but_size(old.config, pool_config):
@@ -739,21 +747,26 @@ class Supervisor:
                     self.detach(child)
                     child.request_stop(now, new.supervisor.graceful_timeout)
                 log.info(
-                    "Pool %s resized to %d", name, pool_config.processes, extra={"event": "pool_resized", "pool": name}
+                    "Pool %s resized to %d",
+                    name,
+                    pool_config.processes,
+                    extra={"event": events.POOL_RESIZED, "pool": name},
                 )
             else:
                 self.pools[name] = Pool(pool_config)
                 for child in old.children():
                     self.detach(child)
                     self.successor[child.pid] = (self.pools[name], now + new.supervisor.graceful_timeout)
-                log.info("Pool %s changed: rolling its children", name, extra={"event": "pool_rolled", "pool": name})
+                log.info(
+                    "Pool %s changed: rolling its children", name, extra={"event": events.POOL_ROLLED, "pool": name}
+                )
         for name, old in old_pools.items():
             for child in old.children():
                 self.detach(child)
                 child.request_stop(now, new.supervisor.graceful_timeout)
-            log.info("Pool %s removed", name, extra={"event": "pool_removed", "pool": name})
+            log.info("Pool %s removed", name, extra={"event": events.POOL_REMOVED, "pool": name})
         self.set_scheduler(new.scheduler.enabled)
-        log.info("Reloaded %s", new.path, extra={"event": "reloaded"})
+        log.info("Reloaded %s", new.path, extra={"event": events.RELOADED})
 
     def snapshot(self) -> dict[str, Any]:
         """Everything `status` and the metrics show, as plain JSON-able data."""

@@ -20,6 +20,8 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from task_supervisor import events
+
 log = logging.getLogger(__name__)
 
 CLIENT_DEADLINE = 5.0  # seconds a client has to send its request and read the answer
@@ -103,7 +105,7 @@ class _Server:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    log.warning("Out of file descriptors accepting a client", extra={"event": "accept_failed"})
+                    log.warning("Out of file descriptors accepting a client", extra={"event": events.ACCEPT_FAILED})
                 return
             if len(self.clients) >= MAX_CLIENTS:
                 sock.close()
@@ -185,7 +187,7 @@ class HttpServer(_Server):
         try:
             response = route()
         except Exception:
-            log.exception("Endpoint %s failed", path, extra={"event": "endpoint_failed"})
+            log.exception("Endpoint %s failed", path, extra={"event": events.ENDPOINT_FAILED})
             response = Response(503, b'{"error": "internal error"}\n')
         return _http(response, head_only=method == "HEAD")
 

@@ -18,6 +18,8 @@ import logging
 import traceback
 from typing import Any
 
+from task_supervisor import events
+
 log = logging.getLogger("task_supervisor.worker")
 
 MAX_SKIPPED = 10  # unrunnable rows failed per pick, before letting db_worker poll again
@@ -76,5 +78,5 @@ def fail(model: Any, row: Any, error: BaseException) -> None:
         row.task_path,
         type(error).__name__,
         error,
-        extra={"event": "task_unrunnable", "task_id": str(row.pk)},
+        extra={"event": events.TASK_UNRUNNABLE, "task_id": str(row.pk)},
     )
