@@ -267,7 +267,11 @@ def serve(node: str, reporter: protocol.Reporter) -> int:
                 outcome.kind, "missed (dropped by the missed-run policy)"
             ),
             f" as task {outcome.task_id}" if outcome.task_id else "",
-            extra={"event": SLOT_EVENTS[outcome.kind], "schedule": outcome.schedule, "task_id": outcome.task_id or None},
+            extra={
+                "event": SLOT_EVENTS[outcome.kind],
+                "schedule": outcome.schedule,
+                "task_id": outcome.task_id or None,
+            },
         )
 
     runner = Runner(schedules, node, report)
