@@ -57,3 +57,6 @@ CHILD_STOPPED = "child_stopped"
 CHILD_RECYCLED = "child_recycled"
 CHILD_BOOT_FAILED = "child_boot_failed"
 CHILD_CRASHED = "child_crashed"
+
+# A worker's final write refused: its row was no longer RUNNING under its worker id.
+TASK_FENCED = "task_fenced"

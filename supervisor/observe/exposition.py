@@ -112,6 +112,12 @@ class SupervisorCollector(Collector):
             stats.retries,
         )
         yield _counter(
+            "task_supervisor_fenced_writes",
+            "Task finishes not written: the row was no longer RUNNING under the worker's id.",
+            ["pool"],
+            {(k,): v for k, v in stats.fenced_writes.items()},
+        )
+        yield _counter(
             "task_supervisor_scale_events", "Autoscaling decisions.", ["pool", "direction"], stats.scale_events
         )
         yield _gauge(

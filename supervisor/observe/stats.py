@@ -20,6 +20,8 @@ class Stats:
     lost_tasks: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     # (pool, outcome) -> count; outcome "scheduled" (back to READY later) or "exhausted" (last attempt)
     retries: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    # pool -> finishes a worker did not write: its row was no longer RUNNING under its worker id
+    fenced_writes: collections.Counter[str] = field(default_factory=collections.Counter)
     # (pool, direction) -> count; direction "up" or "down"
     scale_events: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     # queue -> READY tasks that may run now, and age in seconds of the oldest of them

@@ -17,6 +17,7 @@ READY = "ready"  # booted: Django set up, database answers; db_worker starts pol
 BOOT_FAILED = "boot_failed"  # could not boot; "reason" says why in one line
 TASK_STARTED = "task_started"  # "task_id", "path"
 TASK_FINISHED = "task_finished"  # "task_id", "status"
+TASK_FENCED = "task_fenced"  # "task_id", "owner", "status": a finish not written, the row was no longer ours
 
 
 class Reporter:

@@ -79,7 +79,7 @@ def run_child(spec: ChildSpec, report_fd: int, control_fd: int) -> NoReturn:
 
 def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int:
     from task_supervisor import compat
-    from task_supervisor.worker import proctitle, rowguard
+    from task_supervisor.worker import fence, proctitle, rowguard
 
     try:
         backend = compat.resolve(spec.backend)
@@ -92,6 +92,7 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
     if spec.log_format == "json":
         _json_task_logs(backend)
     rowguard.install(backend.model)
+    fence.install(backend, spec.worker_id, reporter, spec.pool, spec.slot)
     current = _hook_signals(backend, reporter, spec)
     worker_module = importlib.import_module(backend.worker_command)
     ControlChannel(control_fd, current).install(worker_module)

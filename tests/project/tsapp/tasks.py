@@ -132,3 +132,20 @@ def always_fails(log: str) -> None:
 def unserialisable() -> object:
     """Return what JSON cannot hold: the row must end FAILED, and the worker go on."""
     return object()
+
+
+@task()
+def hold(marker: str, release: str, timeout: float = 60.0) -> str:
+    """Touch ``marker`` (with the pid), then wait for ``release`` to appear; raise if it says "fail".
+
+    The fencing tests take the row from its worker while the task waits.
+    """
+    Path(marker).write_text(str(os.getpid()))
+    deadline = time.monotonic() + timeout
+    while not Path(release).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{release} did not appear within {timeout}s")
+        time.sleep(0.02)
+    if Path(release).read_text() == "fail":
+        raise ValueError("told to fail")
+    return "held"

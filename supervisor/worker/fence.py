@@ -1,0 +1,145 @@
+"""Fenced writes: a worker records a task's verdict only while the row is still its own.
+
+db_worker finishes a task with one unconditional save (``set_successful`` / ``set_succeeded``,
+or ``set_failed``). If the row was taken from the worker meanwhile (recovered by another node,
+requeued, failed by an operator), that save would overwrite whatever the row has become: a
+retry's result, or a FAILED that silently turns SUCCESSFUL. Inside each child the finishing
+methods are wrapped so that their own ``self.save(update_fields=...)`` locks the row first and
+writes only if it is still RUNNING with this worker's id last in ``worker_ids``; the check and
+the write share one transaction (exclusive on SQLite, ``SELECT ... FOR UPDATE`` elsewhere).
+
+A refused write raises nothing into db_worker, which goes on to its next task. It is logged
+(``task_fenced``) and reported to the supervisor, and the worker's copy of the row is put back
+as it was before the method ran: db_worker's ``task_finished`` then says RUNNING, the only
+status this worker ever wrote, rather than a verdict the database does not hold. The backend's
+own retry around each finishing method still retries a save that failed on a database error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any
+
+from task_supervisor import events
+from task_supervisor.compat import TaskBackend
+from task_supervisor.wire import protocol
+
+log = logging.getLogger("task_supervisor.worker")
+
+# django-tasks-db; django-tasks' own database backend (0.8 to 0.11); both.
+FINISHING_METHODS = ("set_successful", "set_succeeded", "set_failed")
+RUNNING = "RUNNING"
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Whose a row is, as read under its lock; status None when the row is gone."""
+
+    status: str | None
+    owner: str | None  # the last of its worker_ids
+
+    @classmethod
+    def read(cls, model: Any, pk: Any, using: str) -> Holder:
+        found = model._base_manager.using(using).select_for_update().filter(pk=pk).values_list("status", "worker_ids")
+        row = found.first()
+        if row is None:
+            return cls(None, None)
+        status, worker_ids = row
+        owner = str(worker_ids[-1]) if isinstance(worker_ids, list) and worker_ids else None
+        return cls(str(status), owner)
+
+
+class Fence:
+    """One worker's claim on the rows it runs, checked before each verdict it writes."""
+
+    def __init__(self, backend: TaskBackend, worker_id: str, reporter: protocol.Reporter, log_extra: dict) -> None:
+        self.model = backend.model
+        self.worker_id = worker_id
+        self.reporter = reporter
+        self.log_extra = log_extra
+        self.exclusive_transaction = importlib.import_module(f"{backend.package}.utils").exclusive_transaction
+
+    def holds(self, holder: Holder) -> bool:
+        return holder.status == RUNNING and holder.owner == self.worker_id
+
+    def wrap(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        """``method`` with its row's save fenced; a refusal leaves the row and its copy untouched."""
+
+        @wraps(method)
+        def fenced(row: Any, *args: Any, **kwargs: Any) -> Any:
+            before = _fields(row)
+            refused: list[Holder] = []  # set by the last save attempt only
+            row.save = self._fenced_save(row, row.save, refused)
+            try:
+                result = method(row, *args, **kwargs)
+            finally:
+                del row.save  # the class's save again
+            if refused:
+                vars(row).update(before)
+                self.refused(row, refused[0])
+            return result
+
+        fenced.task_supervisor_unfenced = method  # type: ignore[attr-defined]
+        return fenced
+
+    def _fenced_save(self, row: Any, save: Callable[..., None], refused: list[Holder]) -> Callable[..., None]:
+        from django.db import router
+
+        def fenced_save(*args: Any, **kwargs: Any) -> None:
+            refused.clear()  # the backend's retry may call us again after a database error
+            using = kwargs.get("using") or router.db_for_write(type(row), instance=row)
+            with self.exclusive_transaction(using):
+                holder = Holder.read(self.model, row.pk, using)
+                if self.holds(holder):
+                    save(*args, **kwargs)
+                    return
+            refused.append(holder)
+
+        return fenced_save
+
+    def refused(self, row: Any, holder: Holder) -> None:
+        task_id = str(row.pk)
+        where = "gone" if holder.status is None else f"{holder.status} under {holder.owner or 'no worker'}"
+        log.warning(
+            "Task %s finished on worker %s, but its row is now %s: nothing was written",
+            task_id,
+            self.worker_id,
+            where,
+            extra={
+                **self.log_extra,
+                "event": events.TASK_FENCED,
+                "task_id": task_id,
+                "status": holder.status,
+                "owner": holder.owner,
+            },
+        )
+        self.reporter.send(protocol.TASK_FENCED, task_id=task_id, owner=holder.owner, status=holder.status)
+
+
+def _fields(row: Any) -> dict[str, Any]:
+    """The row's field values as loaded, to put back after a refused write."""
+    names = {field.attname for field in row._meta.concrete_fields}
+    return {name: value for name, value in vars(row).items() if name in names}
+
+
+def install(backend: TaskBackend, worker_id: str, reporter: protocol.Reporter, pool: str = "", slot: int = 0) -> Fence:
+    """Fence the backend's finishing methods for this worker; installing again replaces the fence."""
+    fence = Fence(backend, worker_id, reporter, {"pool": pool, "slot": slot, "pid": os.getpid()})
+    for name in FINISHING_METHODS:
+        method = getattr(backend.model, name, None)
+        if method is not None:
+            setattr(backend.model, name, fence.wrap(getattr(method, "task_supervisor_unfenced", method)))
+    return fence
+
+
+def uninstall(model: Any) -> None:
+    """Put the backend's own finishing methods back."""
+    for name in FINISHING_METHODS:
+        method = getattr(model, name, None)
+        if method is not None and hasattr(method, "task_supervisor_unfenced"):
+            setattr(model, name, method.task_supervisor_unfenced)
