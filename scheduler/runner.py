@@ -22,14 +22,13 @@ from task_supervisor import events
 from task_supervisor.scheduler import timing
 from task_supervisor.scheduler.spec import Schedule
 from task_supervisor.wire import protocol
+from task_supervisor.wire.spec import CHILD_EXIT_BOOT_FAILED, CHILD_EXIT_OK
 
 log = logging.getLogger("task_supervisor.scheduler")
 
 MAX_SLEEP = 0.5  # seconds; how long the loop sleeps at most, to notice a stop request
 DB_RETRY = 1.0  # seconds before a slot that hit a database error is tried again
 
-SLOT_FIRED = "slot_fired"  # "schedule", "slot", "outcome", "lag", "task_id", "next"
-SCHEDULES = "schedules"  # "schedules": [{"name", "next"}], sent once booted
 
 # Outcomes of a slot: enqueued here; enqueued by another replica; skipped while the previous
 # run is still READY or RUNNING (overlap = "skip"); dropped as missed (the missed policy).
@@ -243,13 +242,13 @@ def serve(node: str, reporter: protocol.Reporter) -> int:
     schedules, problems = spec.load(settings)
     if problems:
         reporter.send(protocol.BOOT_FAILED, reason="; ".join(str(p) for p in problems)[:500])
-        return 78
+        return CHILD_EXIT_BOOT_FAILED
 
     def report(outcome: Outcome, now: dt.datetime) -> None:
         schedule = next(s for s in runner.schedules if s.name == outcome.schedule)
         upcoming = runner.next_slot(schedule)
         reporter.send(
-            SLOT_FIRED,
+            protocol.SLOT_FIRED,
             schedule=outcome.schedule,
             slot=outcome.slot.isoformat(),
             outcome=outcome.kind,
@@ -279,7 +278,7 @@ def serve(node: str, reporter: protocol.Reporter) -> int:
         runner.start()
     except Exception as exc:
         reporter.send(protocol.BOOT_FAILED, reason=f"reading the run log failed: {type(exc).__name__}: {exc}"[:500])
-        return 78
+        return CHILD_EXIT_BOOT_FAILED
     enabled = [s for s in schedules if s.enabled]
     proctitle.set_title(f"task-supervisor: scheduler ({len(enabled)} schedules)")
     reporter.send(
@@ -290,4 +289,4 @@ def serve(node: str, reporter: protocol.Reporter) -> int:
         ],
     )
     runner.serve(lambda: stop["requested"])
-    return 0
+    return CHILD_EXIT_OK

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return exitcodes.EX_FORCED
+    except Exception:
+        # A bug of ours, not a problem of the user's input: say so, with the traceback to report.
+        traceback.print_exc()
+        print("task-supervisor: internal error (a bug; please report it with the traceback above)", file=sys.stderr)
+        return exitcodes.EX_SOFTWARE
 
 
 def _fail(code: int, message: str) -> int:

@@ -6,9 +6,11 @@ import enum
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from task_supervisor.loop.proc import ProcessCalls
 from task_supervisor.wire import control, protocol
 from task_supervisor.wire.spec import CHILD_EXIT_BOOT_FAILED, ChildSpec
 
@@ -45,17 +47,19 @@ class RunningTask:
     task_id: str
     path: str
     since: float  # monotonic seconds
-    since_wall: float  # time.time() when it started, for status output
     timeout: float | None = None  # seconds, from [task_timeouts] or the pool
 
 
-def describe_status(status: int) -> str:
-    """'exited with code 3', 'killed by SIGSEGV (segmentation fault)' ..."""
+def describe_status(status: int, killed_for: str | None = None) -> str:
+    """'exited with code 3', 'killed by SIGSEGV (segmentation fault)' ...; ``killed_for`` is why
+    the supervisor itself sent SIGKILL, if it did."""
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
         name = signal.Signals(signum).name if signum in signal.Signals else str(signum)
         text = f"killed by {name}"
-        if signum == signal.SIGKILL:
+        if signum == signal.SIGKILL and killed_for:
+            text += f" (by the supervisor: {killed_for})"
+        elif signum == signal.SIGKILL:
             text += " (perhaps out of memory?)"
         elif signum == signal.SIGSEGV:
             text += " (segmentation fault)"
@@ -66,9 +70,18 @@ def describe_status(status: int) -> str:
 class Child:
     """A worker process of a pool slot. ``change_state`` is the only place its state changes."""
 
-    def __init__(self, spec: ChildSpec, pid: int, report_fd: int, now: float, control_fd: int = -1) -> None:
+    def __init__(
+        self,
+        spec: ChildSpec,
+        pid: int,
+        report_fd: int,
+        now: float,
+        control_fd: int = -1,
+        calls: ProcessCalls | None = None,
+    ) -> None:
         self.spec = spec
         self.pid = pid
+        self.calls = calls or ProcessCalls()
         self.reader = protocol.Reader(report_fd)
         self.control_fd = control_fd
         self.state = ChildState.STARTING
@@ -78,9 +91,8 @@ class Child:
         self.tasks_done = 0
         self.stop_requested_at: float | None = None
         self.kill_at: float | None = None  # monotonic deadline after which it is SIGKILLed
-        self.killed = False
+        self.killed_for: str | None = None  # why the supervisor SIGKILLed it, once it has
         self.boot_error: str | None = None
-        self.status: int | None = None  # wait status once reaped
         self.timed_out: RunningTask | None = None  # the task told to raise TaskTimeout
         self.killed_for_timeout: RunningTask | None = None
         self.recycle_after_task = False  # passed max_memory while busy
@@ -101,16 +113,16 @@ class Child:
         self.state = new
 
     @property
-    def alive(self) -> bool:
-        return self.state is not ChildState.EXITED
-
-    @property
     def up(self) -> bool:
         """Booted and serving (not starting, stopping or gone)."""
         return self.state in (ChildState.IDLE, ChildState.BUSY)
 
+    @property
+    def killed(self) -> bool:
+        return self.killed_for is not None
+
     def handle_message(
-        self, message: dict[str, Any], now: float, wall: float, timeout_for: Any = lambda path: None
+        self, message: dict[str, Any], now: float, timeout_for: Callable[[str], float | None] = lambda path: None
     ) -> None:
         event = message.get("event")
         if event == protocol.READY:
@@ -121,7 +133,7 @@ class Child:
             self.boot_error = str(message.get("reason", ""))
         elif event == protocol.TASK_STARTED:
             path = str(message.get("path"))
-            self.task = RunningTask(str(message.get("task_id")), path, now, wall, timeout_for(path))
+            self.task = RunningTask(str(message.get("task_id")), path, now, timeout_for(path))
             if self.state is ChildState.IDLE:  # IDLE -> BUSY
                 self.change_state(ChildState.BUSY)
         elif event == protocol.TASK_FINISHED:
@@ -152,19 +164,17 @@ class Child:
         self.woken_at = now
         control.send_wake(self.control_fd)
 
-    def kill(self) -> None:
-        self.killed = True
+    def kill(self, why: str) -> None:
+        """SIGKILL it; ``why`` goes into the log line of its exit and its lost task's record."""
+        if self.killed_for is None:
+            self.killed_for = why
         self.signal(signal.SIGKILL)
 
     def signal(self, signum: int) -> None:
-        try:
-            os.kill(self.pid, signum)
-        except ProcessLookupError:
-            pass  # already exited; the reaper will see it
+        self.calls.signal(self.pid, signum)
 
     def exited(self, status: int) -> ExitReason:
         """Record the wait status (any state -> EXITED) and classify the exit."""
-        self.status = status
         was_stopping = self.stop_requested_at is not None
         self.change_state(ChildState.EXITED)
         code = os.waitstatus_to_exitcode(status)

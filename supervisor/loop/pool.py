@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass, field
 
 from task_supervisor.config import PoolConfig
-from task_supervisor.loop.child import Child, ExitReason
+from task_supervisor.loop.child import Child, ChildState, ExitReason
 
 BACKOFF_BASE = 0.1  # seconds before the first restart of a child that died fast
 BACKOFF_CAP = 15.0  # seconds; short enough to notice a database coming back soon
@@ -37,6 +37,11 @@ def recycle_after(max_tasks: int | None, rng: random.Random) -> int | None:
     return max(1, max_tasks - rng.randint(0, max_tasks // 10))
 
 
+def serves(config: PoolConfig, queue: str) -> bool:
+    """Does a pool of this config take tasks of ``queue``? ("*" takes every queue.)"""
+    return queue in config.queues or "*" in config.queues
+
+
 @dataclass
 class Slot:
     index: int
@@ -60,6 +65,9 @@ class Pool:
     def name(self) -> str:
         return self.config.name
 
+    def serves(self, queue: str) -> bool:
+        return serves(self.config, queue)
+
     def resize(self, processes: int) -> list[Child]:
         """Add or remove slots; returns the children of removed slots, for the caller to stop."""
         for index in range(processes):
@@ -76,8 +84,6 @@ class Pool:
 
     def remove_idle_slot(self) -> Child | None:
         """Remove the highest slot whose child is idle; returns that child to stop."""
-        from task_supervisor.loop.child import ChildState
-
         for index in sorted(self.slots, reverse=True):
             child = self.slots[index].child
             if child is not None and child.state is ChildState.IDLE:

@@ -1,5 +1,5 @@
-"""Autoscaling a pool between its min and max on the READY depth of its queues. Pure: time is
-a parameter.
+"""Autoscaling a pool between its min and max on the READY depth of its queues. ``decide`` is pure:
+time is a parameter.
 
 Grow: when tasks wait that the idle children cannot take, to busy + waiting (at most max), at
 most once per UP_COOLDOWN. Shrink: one idle child at a time, when nothing waits, and only after
@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from task_supervisor.loop.child import Child, ChildState
+from task_supervisor.loop.pool import Pool
 
 UP_COOLDOWN = 2.0  # seconds between two growth steps: the depth is re-measured in between
 
@@ -44,3 +47,31 @@ def decide(
     if depth == 0 and idle > 0 and current > minimum and now - last_change >= cooldown:
         return current - 1
     return current
+
+
+class Autoscaler:
+    """Applies ``decide`` to the autoscaled pools, one step per turn, and remembers when each
+    last changed. Returns the children to stop; the loop stops them."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, ScaleState] = {}
+
+    def step(self, pool: Pool, depth: int, now: float) -> tuple[str, int, Child | None] | None:
+        """(direction, previous size, child to stop or None) when the pool changed size, else None."""
+        config = pool.config
+        children = pool.children()
+        busy = sum(1 for c in children if c.state is ChildState.BUSY)
+        idle = sum(1 for c in children if c.state is ChildState.IDLE)
+        current = len(pool.slots)
+        state = self.states.setdefault(pool.name, ScaleState())
+        want = decide(
+            now, current, config.processes, config.max_processes, busy, idle, depth, state, config.scale_cooldown
+        )
+        if want > current:
+            pool.grow(want)
+            state.last_up = now
+            return "up", current, None
+        if want < current and (child := pool.remove_idle_slot()) is not None:
+            state.last_down = now
+            return "down", current, child
+        return None

@@ -1,14 +1,17 @@
-"""Starting children: the one place the supervisor forks."""
+"""Starting children: the one place the supervisor forks, and where worker ids are made."""
 
 from __future__ import annotations
 
 import gc
 import os
+import random
 import sys
 import threading
 from collections.abc import Callable
 
-from task_supervisor.wire.spec import CHILD_EXIT_CRASHED, ChildSpec
+from task_supervisor.config import Config, PoolConfig
+from task_supervisor.loop.pool import recycle_after
+from task_supervisor.wire.spec import CHILD_EXIT_CRASHED, ChildSpec, WorkerId
 from task_supervisor.worker.run import exec_child, prepare_after_fork, run_child
 
 
@@ -19,8 +22,30 @@ class ForkWithThreadsError(RuntimeError):
 class Spawner:
     """Forks children; ``close_in_child`` closes the supervisor's own descriptors in each."""
 
-    def __init__(self, close_in_child: Callable[[], None]) -> None:
+    def __init__(self, close_in_child: Callable[[], None] = lambda: None) -> None:
         self.close_in_child = close_in_child
+        self.generations: dict[tuple[str, int], int] = {}  # (pool, slot) -> last generation started
+
+    def spec(self, config: Config, pool: PoolConfig, slot: int, role: str, rng: random.Random) -> ChildSpec:
+        """The next child of a slot: a new generation, so its worker id differs from its predecessors'."""
+        key = (pool.name, slot)
+        generation = self.generations[key] = self.generations.get(key, 0) + 1
+        return ChildSpec(
+            pool=pool.name,
+            slot=slot,
+            generation=generation,
+            worker_id=str(WorkerId(config.supervisor.node, pool.name, slot, generation)),
+            queues=pool.queues,
+            backend=pool.backend,
+            interval=pool.interval,
+            max_tasks=recycle_after(pool.max_tasks, rng),
+            parent_pid=os.getpid(),
+            settings=config.django.settings,
+            pythonpath=tuple(config.pythonpath_dirs()),
+            persistent_connections=pool.persistent_connections,
+            log_format=config.supervisor.log_format,
+            role=role,
+        )
 
     def spawn(self, spec: ChildSpec, start: str) -> tuple[int, int, int]:
         """Start a child; returns its pid, the read end of its report pipe and the write end

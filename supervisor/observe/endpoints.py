@@ -70,7 +70,7 @@ class _Client:
 
     def reply(self, data: bytes) -> None:
         self.outbox = data
-        self.server.selector.modify(self.sock, selectors.EVENT_WRITE, self)
+        self.server.selector.modify(self.sock, selectors.EVENT_WRITE, self.on_event)
         self._write()
 
     def _write(self) -> None:
@@ -95,7 +95,7 @@ class _Server:
     def start(self, selector: selectors.BaseSelector) -> None:
         self.selector = selector
         self.sock.setblocking(False)
-        selector.register(self.sock, selectors.EVENT_READ, self)
+        selector.register(self.sock, selectors.EVENT_READ, self.on_event)
 
     def on_event(self, mask: int) -> None:
         for _ in range(32):  # accept a burst, but give the loop back
@@ -113,7 +113,7 @@ class _Server:
             sock.setblocking(False)
             client = _Client(self, sock, self.clock() + CLIENT_DEADLINE)
             self.clients[sock.fileno()] = client
-            self.selector.register(sock, selectors.EVENT_READ, client)
+            self.selector.register(sock, selectors.EVENT_READ, client.on_event)
 
     def drop(self, client: _Client) -> None:
         fd = client.sock.fileno()

@@ -18,6 +18,8 @@ BOOT_FAILED = "boot_failed"  # could not boot; "reason" says why in one line
 TASK_STARTED = "task_started"  # "task_id", "path"
 TASK_FINISHED = "task_finished"  # "task_id", "status"
 TASK_FENCED = "task_fenced"  # "task_id", "owner", "status": a finish not written, the row was no longer ours
+# From the scheduler child:
+SLOT_FIRED = "slot_fired"  # "schedule", "slot", "outcome", "lag", "task_id", "next"
 
 
 class Reporter:

@@ -59,3 +59,28 @@ class ChildSpec:
         data["queues"] = tuple(data["queues"])
         data["pythonpath"] = tuple(data["pythonpath"])
         return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerId:
+    """``node:pool:slot:generation``: who claimed a row, written into its ``worker_ids``.
+
+    The node may itself contain colons; pool, slot and generation never do. At most 64
+    characters, db_worker's limit (config keeps node and pool names short enough).
+    """
+
+    node: str
+    pool: str
+    slot: int
+    generation: int
+
+    def __str__(self) -> str:
+        return f"{self.node}:{self.pool}:{self.slot}:{self.generation}"
+
+    @classmethod
+    def parse(cls, text: str) -> WorkerId | None:
+        """The parts of a worker id this project wrote, or None for anyone else's."""
+        parts = str(text).rsplit(":", 3)
+        if len(parts) != 4 or not parts[2].isdigit() or not parts[3].isdigit():
+            return None
+        return cls(parts[0], parts[1], int(parts[2]), int(parts[3]))

@@ -24,6 +24,7 @@ from task_supervisor.wire.spec import (
     CHILD_EXIT_ORPHANED,
     SCHEDULER,
     ChildSpec,
+    WorkerId,
 )
 from task_supervisor.worker.control import ControlChannel, CurrentTask
 
@@ -108,8 +109,9 @@ def _serve_scheduler(spec: ChildSpec, reporter: protocol.Reporter) -> int:
     from task_supervisor.scheduler import runner
 
     setup_logging(spec.log_format)  # an exec'd child has no handler yet; a forked one gets the same
-    node = spec.worker_id.rsplit(":", 3)[0]  # node:pool:slot:generation
-    return runner.serve(node, reporter)
+    worker_id = WorkerId.parse(spec.worker_id)
+    assert worker_id is not None, spec.worker_id
+    return runner.serve(worker_id.node, reporter)
 
 
 def _json_task_logs(backend: Any) -> None:

@@ -31,7 +31,7 @@ class Clock:
 def pump(selector: selectors.BaseSelector, turns: int = 20) -> None:
     for _ in range(turns):
         for key, mask in selector.select(0.02):
-            key.data.on_event(mask)
+            key.data(mask)
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def test_a_fast_crash_backs_off_and_a_long_lived_one_restarts_at_once():
     for n in range(1, 4):
         c = child(now=100.0 * n)
         slot.child = c
-        c.handle_message({"event": "ready"}, 100.0 * n, 0)
+        c.handle_message({"event": "ready"}, 100.0 * n)
         pool.ever_up = True
         pool.child_exited(slot, c, c.exited(exit_status(1)), now=100.0 * n + 0.5, rng=rng)
         assert slot.failures == n
@@ -67,7 +67,7 @@ def test_a_fast_crash_backs_off_and_a_long_lived_one_restarts_at_once():
         assert pool.backing_off(100.0 * n + 0.5)
     c = child(now=500.0)
     slot.child = c
-    c.handle_message({"event": "ready"}, 500.0, 0)
+    c.handle_message({"event": "ready"}, 500.0)
     pool.child_exited(slot, c, c.exited(exit_status(1)), now=500.0 + MIN_UPTIME + 10, rng=rng)
     assert slot.failures == 0 and pool.due(500.0 + MIN_UPTIME + 10) == [slot]
 
@@ -80,7 +80,7 @@ def test_a_pool_whose_children_never_boot_is_hopeless():
         for slot in pool.slots.values():
             c = child(now, slot.index)
             slot.child = c
-            c.handle_message({"event": "boot_failed", "reason": "OperationalError: no db"}, now, 0)
+            c.handle_message({"event": "boot_failed", "reason": "OperationalError: no db"}, now)
             pool.child_exited(slot, c, c.exited(exit_status(CHILD_EXIT_BOOT_FAILED)), now, rng)
         now += 1
     assert pool.hopeless()
@@ -93,10 +93,10 @@ def test_exit_reasons():
     c = child(0)
     assert c.exited(exit_status(CHILD_EXIT_BOOT_FAILED)) is ExitReason.BOOT_FAILED
     c = child(0)
-    c.handle_message({"event": "ready"}, 0, 0)
+    c.handle_message({"event": "ready"}, 0)
     assert c.exited(exit_status(0)) is ExitReason.RECYCLED
     c = child(0)
-    c.handle_message({"event": "ready"}, 0, 0)
+    c.handle_message({"event": "ready"}, 0)
     assert c.exited(signal.SIGSEGV) is ExitReason.CRASHED
     c = child(0)
     c.state = ChildState.IDLE
@@ -108,11 +108,11 @@ def test_exit_reasons():
 def test_child_states_follow_the_reports():
     c = child(0)
     assert c.state is ChildState.STARTING
-    c.handle_message({"event": "ready"}, 1, 0)
+    c.handle_message({"event": "ready"}, 1)
     assert c.state is ChildState.IDLE
-    c.handle_message({"event": "task_started", "task_id": "t1", "path": "a.b"}, 2, 0)
+    c.handle_message({"event": "task_started", "task_id": "t1", "path": "a.b"}, 2)
     assert c.state is ChildState.BUSY and c.task is not None and c.task.task_id == "t1"
-    c.handle_message({"event": "task_finished", "task_id": "t1", "status": "SUCCESSFUL"}, 3, 0)
+    c.handle_message({"event": "task_finished", "task_id": "t1", "status": "SUCCESSFUL"}, 3)
     assert c.state is ChildState.IDLE and c.task is None and c.tasks_done == 1
     with pytest.raises(RuntimeError):
         c.change_state(ChildState.STARTING)
@@ -132,4 +132,5 @@ def test_exit_descriptions():
     assert describe_status(exit_status(3)) == "exited with code 3"
     assert describe_status(signal.SIGKILL) == "killed by SIGKILL (perhaps out of memory?)"
     assert describe_status(signal.SIGSEGV) == "killed by SIGSEGV (segmentation fault)"
+    assert describe_status(signal.SIGKILL, "hard timeout") == "killed by SIGKILL (by the supervisor: hard timeout)"
     assert os.WIFSIGNALED(signal.SIGTERM)

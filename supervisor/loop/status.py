@@ -1,0 +1,98 @@
+"""The supervisor's state as plain JSON-able data: what `status`, /readyz and /metrics show.
+
+Read-only over the loop's objects; times are passed in (monotonic ``now`` and ``wall`` epoch
+seconds taken at the same moment).
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import TYPE_CHECKING, Any
+
+from task_supervisor import __version__
+from task_supervisor.loop.child import Child
+from task_supervisor.loop.pool import Pool
+
+if TYPE_CHECKING:
+    from task_supervisor.loop.arbiter import Supervisor
+
+
+def snapshot(sup: Supervisor, now: float, wall: float) -> dict[str, Any]:
+    janitor = sup.janitor
+    return {
+        "node": sup.config.supervisor.node,
+        "pid": sup.pid,
+        "version": __version__,
+        "phase": sup.phase.value,
+        "uptime": round(now - sup.started_at, 3),
+        "started_at": iso(wall - (now - sup.started_at)),
+        "database": {"ok": janitor.db_ok if janitor else True, "error": janitor.db_error if janitor else None},
+        "pools": [pool_snapshot(sup, pool, now, wall) for pool in sup.pools.values()],
+        "scheduler": scheduler_snapshot(sup, now),
+        "heartbeat": {
+            "enabled": bool(janitor and janitor.heartbeats),
+            "last_beat": janitor.last_beat if janitor else None,
+            "node_timeout": sup.config.supervisor.node_timeout,
+        },
+        "retries": [
+            {"task_id": task_id, "path": path, "attempts": attempts, "next_attempt_at": when}
+            for task_id, (path, attempts, when) in (janitor.retries_scheduled.items() if janitor else ())
+        ],
+    }
+
+
+def scheduler_snapshot(sup: Supervisor, now: float) -> dict[str, Any] | None:
+    pool = sup.scheduler
+    if pool is None:
+        return None
+    child = next(iter(pool.children()), None)
+    return {
+        "state": child.state.value if child else ("backing off" if pool.backing_off(now) else "starting"),
+        "pid": child.pid if child else None,
+        "restarts": pool.restarts,
+        "last_error": pool.last_error(),
+        "schedules": [{"name": name, **info} for name, info in sorted(sup.schedule_info.items())],
+    }
+
+
+def pool_snapshot(sup: Supervisor, pool: Pool, now: float, wall: float) -> dict[str, Any]:
+    return {
+        "name": pool.name,
+        "queues": list(pool.config.queues),
+        "desired": len(pool.slots),
+        "min": pool.config.processes,
+        "max": pool.config.max_processes,
+        "at_strength": pool.at_strength(),
+        "backing_off": pool.backing_off(now),
+        "restarts": pool.restarts,
+        "last_error": pool.last_error(),
+        "children": [child_snapshot(sup, slot.child, now, wall) for slot in pool.slots.values() if slot.child],
+    }
+
+
+def child_snapshot(sup: Supervisor, child: Child, now: float, wall: float) -> dict[str, Any]:
+    rss, cpu = sup.calls.usage(child.pid)
+    task = child.task
+    return {
+        "slot": child.spec.slot,
+        "pid": child.pid,
+        "state": child.state.value,
+        "worker_id": child.spec.worker_id,
+        "generation": child.spec.generation,
+        "started_at": iso(wall - (now - child.started_at)),
+        "tasks_done": child.tasks_done,
+        "rss": rss,
+        "cpu_percent": cpu,
+        "task": None
+        if task is None
+        else {
+            "id": task.task_id,
+            "path": task.path,
+            "running_for": round(now - task.since, 3),
+            "timeout": task.timeout,
+        },
+    }
+
+
+def iso(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat()
