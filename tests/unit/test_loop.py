@@ -505,7 +505,7 @@ KILLED_BY_US = "killed by SIGKILL (by the supervisor: ...)"
             TASK,
             TASK,
             True,
-            KILLED,
+            KILLED_BY_US,
             Phase.RUNNING,
             "requeue",
             ("fail", "t1", TASK_TIMEOUT, "ran past its timeout of 10s"),
