@@ -7,8 +7,24 @@ import json
 import logging
 import sys
 
-# Attributes passed with extra= that log pipelines filter on.
-_FIELDS = ("event", "pool", "slot", "pid", "task_id", "node", "reason", "status", "attempt")
+# Attributes passed with extra= that log pipelines filter on. ``status`` is a task row's;
+# ``exit_code`` and ``signal`` say how a child ended, ``processes`` a pool's size after a change.
+_FIELDS = (
+    "event",
+    "pool",
+    "slot",
+    "pid",
+    "worker_id",
+    "task_id",
+    "node",
+    "reason",
+    "status",
+    "attempt",
+    "exit_code",
+    "signal",
+    "direction",
+    "processes",
+)
 
 
 class JsonFormatter(logging.Formatter):

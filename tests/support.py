@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +24,10 @@ PROJECT = ROOT / "tests" / "project"
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 PG_USER = "postgres"
+JSON_LOGS = 'log_format = "json"'
+# Keys of a JSON log record shown as its context in a readable tail; the rest are its line.
+_LINE_KEYS = ("time", "level", "logger", "message", "exc_info", "process")
+_MISSING = object()
 
 T = TypeVar("T")
 
@@ -139,9 +145,81 @@ def use_database(db: Database) -> None:
         pass  # no connection was opened in this thread yet
 
 
+class JsonLog:
+    """A growing log file read as JSON records, one per line; other lines (tracebacks, a task's
+    prints) are skipped. Read incrementally: each call parses only what was appended since."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.records: list[dict[str, Any]] = []
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as stream:
+                stream.seek(self.offset)
+                data = stream.read()
+        except FileNotFoundError:
+            return self.records
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next call
+        self.offset += len(complete)
+        self.records.extend(record for line in complete.splitlines() if (record := parse_record(line)))
+        return self.records
+
+
+def parse_record(line: bytes | str) -> dict[str, Any] | None:
+    """The JSON object on ``line``, or None when it holds something else."""
+    if not line.lstrip().startswith(b"{" if isinstance(line, bytes) else "{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def matching(records: list[dict[str, Any]], name: str | None = None, **fields: Any) -> list[dict[str, Any]]:
+    """Records of event ``name`` (any event when None) whose ``fields`` have the values given."""
+    return [
+        r
+        for r in records
+        if (name is None or r.get("event") == name) and all(r.get(k, _MISSING) == v for k, v in fields.items())
+    ]
+
+
+def describe_event(name: str | None, fields: dict[str, Any]) -> str:
+    return " ".join([f"event {name or '(any)'}", *(f"{k}={v!r}" for k, v in fields.items())])
+
+
+def render(line: str) -> str:
+    """A log line as a person reads it: a JSON record as time, level, message and its context."""
+    record = parse_record(line)
+    if record is None:
+        return line
+    context = " ".join(f"{k}={v}" for k, v in record.items() if k not in _LINE_KEYS)
+    text = f"{str(record.get('time', ''))[11:23]} {record.get('level', '')} {record.get('message', '')}"
+    text += f"  [{context}]" if context else ""
+    return text + (f"\n{record['exc_info']}" if record.get("exc_info") else "")
+
+
+def with_json_logs(text: str) -> str:
+    """``text`` with ``log_format = "json"`` in its [supervisor] table, unless it sets a format."""
+    if re.search(r"^\s*log_format\s*=", text, re.MULTILINE):
+        return text
+    table = re.compile(r"^\[supervisor\][ \t]*$", re.MULTILINE)
+    if table.search(text):
+        return table.sub(f"[supervisor]\n{JSON_LOGS}", text, count=1)
+    return f"{text}\n[supervisor]\n{JSON_LOGS}\n"
+
+
 @dataclass
 class SupervisorProcess:
-    """A real ``task-supervisor run`` in its own session, with its log in a file."""
+    """A real ``task-supervisor run`` in its own session, with its log in a file.
+
+    Its config gets ``log_format = "json"`` unless it names a format: tests wait for and assert on
+    the events of task_supervisor.events (``wait_event``, ``has_event``), never on a message's
+    wording, so rewording a log line breaks no test.
+    """
 
     workdir: Path
     db: Database
@@ -161,21 +239,24 @@ class SupervisorProcess:
     def log_path(self) -> Path:
         return self.workdir / "supervisor.log"
 
+    @property
+    def env(self) -> dict[str, str]:
+        # Its own folder for the default control socket: supervisors of suites that run side by
+        # side on one machine (node "testnode" in each) must not find each other's socket.
+        return {**os.environ, "XDG_RUNTIME_DIR": str(self.workdir), **self.db.env, **self.extra_env}
+
     def write_config(self, text: str) -> None:
-        self.config_text = text
-        self.config_path.write_text(text)
+        self.config_text = with_json_logs(text)
+        self.config_path.write_text(self.config_text)
 
     def start(self) -> SupervisorProcess:
         self.write_config(self.config_text)
-        # Its own folder for the default control socket: supervisors of suites that run side by
-        # side on one machine (node "testnode" in each) must not find each other's socket.
-        env = {**os.environ, "XDG_RUNTIME_DIR": str(self.workdir), **self.db.env, **self.extra_env}
-        env["PYTHONUNBUFFERED"] = "1"
         self._log = open(self.log_path, "wb")
+        self._json = JsonLog(self.log_path)
         self.proc = subprocess.Popen(
             self.command(),
             cwd=self.workdir,
-            env=env,
+            env={**self.env, "PYTHONUNBUFFERED": "1"},
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -189,9 +270,30 @@ class SupervisorProcess:
         return self.proc.pid
 
     def log(self) -> str:
+        """The raw log, as a log pipeline would collect it."""
         return self.log_path.read_text(errors="replace")
 
+    def events(self, name: str | None = None, **fields: Any) -> list[dict[str, Any]]:
+        """Its JSON log records in order; with ``name`` (and ``fields``), only those that match."""
+        return matching(self._json.read(), name, **fields)
+
+    def has_event(self, name: str, **fields: Any) -> bool:
+        return bool(self.events(name, **fields))
+
+    def wait_event(self, name: str, timeout: float = 20.0, count: int = 1, **fields: Any) -> dict[str, Any]:
+        """The ``count``-th record of event ``name`` with ``fields``, once it is logged."""
+        found = wait_until(
+            lambda: len(seen := self.events(name, **fields)) >= count and seen,
+            timeout,
+            message=lambda: (
+                f"{describe_event(name, fields)} x{count} (logged {len(self.events(name, **fields))}); "
+                f"the log ends:\n{self.tail()}"
+            ),
+        )
+        return found[count - 1]
+
     def wait_log(self, text: str, timeout: float = 20.0, count: int = 1) -> None:
+        """Prose: for tests not on events yet; prefer ``wait_event``."""
         wait_until(
             lambda: self.log().count(text) >= count,
             timeout,
@@ -199,7 +301,31 @@ class SupervisorProcess:
         )
 
     def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
+        """The end of the log, readable: JSON records as time, level, message and context."""
+        return "\n".join(render(line) for line in self.log().splitlines()[-lines:])
+
+    def status(self) -> dict[str, Any]:
+        """What ``task-supervisor status --json`` says, the way an operator asks."""
+        out = subprocess.run(
+            [sys.executable, "-m", "task_supervisor", "status", "--json", "-c", str(self.config_path)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return json.loads(out.stdout) if out.returncode == 0 else {}
+
+    def wait_ready(self, pool: str, slot: int, timeout: float = 20.0) -> dict[str, Any]:
+        """The child in ``slot`` of ``pool`` once it reported ready (idle or busy), as status shows it."""
+
+        def ready() -> dict[str, Any] | None:
+            for found in self.status().get("pools", []):
+                for child in found["children"] if found["name"] == pool else []:
+                    if child["slot"] == slot and child["state"] in ("idle", "busy"):
+                        return child
+            return None
+
+        return wait_until(ready, timeout, 0.2, message=lambda: f"{pool}[{slot}] ready; the log ends:\n{self.tail()}")
 
     def children(self) -> list[psutil.Process]:
         try:
@@ -211,7 +337,7 @@ class SupervisorProcess:
         return wait_until(
             lambda: (kids := self.children()) and len(kids) == count and kids,
             timeout,
-            message=lambda: f"{count} children; log:\n{self.tail()}",
+            message=lambda: f"{count} children; the log ends:\n{self.tail()}",
         )
 
     def signal(self, signum: int) -> None:
@@ -222,7 +348,7 @@ class SupervisorProcess:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"supervisor still running after {timeout}s; log:\n{self.tail()}") from None
+            raise AssertionError(f"supervisor still running after {timeout}s; the log ends:\n{self.tail()}") from None
 
     def stop(self) -> None:
         """Kill whatever is left: the supervisor, its children (own process groups) and all."""

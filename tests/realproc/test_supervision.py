@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from task_supervisor import exitcodes
+from task_supervisor import events, exitcodes
 from tests.support import config_toml, wait_until
 
 TWO_POOLS = """
@@ -66,19 +67,19 @@ def test_pools_run_tasks_and_drain_on_sigterm(supervisor, db):
 
     sup.signal(signal.SIGTERM)
     assert sup.wait_exit() == exitcodes.EX_OK
-    assert "drained after SIGTERM" in sup.log()
+    assert sup.has_event(events.DRAIN_STARTED) and sup.has_event(events.SUPERVISOR_STOPPED)
+    assert not sup.has_event(events.FORCED_STOP) and not sup.has_event(events.CHILD_KILLED)
 
 
 def test_crashed_child_is_replaced(supervisor, db):
     from tsapp import tasks
 
     sup = supervisor(config_toml(ONE_POOL))
-    sup.wait_log("Started child testnode:default:0:1")
-    (first,) = sup.wait_children(1)
-    sup.wait_log("Starting worker worker_id=testnode:default:0:1")
-    first.kill()
-    sup.wait_log("Child testnode:default:0:1 killed by SIGKILL")
-    sup.wait_log("Started child testnode:default:0:2")
+    first = sup.wait_ready("default", 0)
+    assert first["worker_id"] == "testnode:default:0:1"
+    os.kill(first["pid"], signal.SIGKILL)
+    sup.wait_event(events.CHILD_CRASHED, pool="default", slot=0, pid=first["pid"])
+    sup.wait_event(events.CHILD_STARTED, pool="default", slot=0, count=2)
     result = tasks.add.enqueue(2, 3)
     wait_status(result, "SUCCESSFUL")
     assert rows().get(id=result.id).worker_ids == ["testnode:default:0:2"]
@@ -88,10 +89,10 @@ def test_child_exiting_mid_task_is_replaced(supervisor, db):
     from tsapp import tasks
 
     sup = supervisor(config_toml(ONE_POOL))
-    tasks.exit_process.enqueue(3)
-    sup.wait_log("Child testnode:default:0:1 exited with code 3")
-    sup.wait_log("was running in child")
-    sup.wait_log("Started child testnode:default:0:2")
+    lost = tasks.exit_process.enqueue(3)
+    crashed = sup.wait_event(events.CHILD_CRASHED, pool="default", slot=0)
+    sup.wait_event(events.TASK_LOST, pid=crashed["pid"], task_id=str(lost.id))
+    sup.wait_event(events.CHILD_STARTED, pool="default", slot=0, count=2)
     result = tasks.add.enqueue(1, 1)
     wait_status(result, "SUCCESSFUL")
 
@@ -103,10 +104,10 @@ def test_child_recycles_after_max_tasks(supervisor, db):
     results = [tasks.add.enqueue(i, i) for i in range(6)]
     for result in results:
         wait_status(result, "SUCCESSFUL")
-    sup.wait_log("recycled after 2 tasks", count=2)
+    sup.wait_event(events.CHILD_RECYCLED, pool="default", count=2)
     workers = [rows().get(id=r.id).worker_ids[0] for r in results]
     assert len(set(workers)) == 3, workers  # generations 1, 2 and 3, two tasks each
-    assert "failed to boot" not in sup.log()
+    assert not sup.has_event(events.CHILD_BOOT_FAILED) and not sup.has_event(events.CHILD_CRASHED)
 
 
 def test_drain_lets_the_running_task_finish_and_starts_no_new_one(supervisor, db, tmp_path: Path):
@@ -132,7 +133,7 @@ def test_second_signal_stops_at_once(supervisor, db, tmp_path: Path):
     wait_until(marker.exists, message="the task to start")
     child_pid = int(marker.read_text())
     sup.signal(signal.SIGINT)
-    sup.wait_log("draining")
+    sup.wait_event(events.DRAIN_STARTED)
     started = time.monotonic()
     sup.signal(signal.SIGINT)
     assert sup.wait_exit(timeout=15) == exitcodes.EX_FORCED
@@ -154,35 +155,37 @@ def test_hup_resizes_pools(supervisor, db):
     sup.wait_children(1)
     sup.write_config(config_toml(ONE_POOL.replace("processes = 1", "processes = 3")))
     sup.signal(signal.SIGHUP)
-    sup.wait_log("Pool default resized to 3")
+    sup.wait_event(events.POOL_RESIZED, pool="default")
     sup.wait_children(3)
-    sup.wait_log("Starting worker worker_id=testnode:default:2:1")
+    third = sup.wait_ready("default", 2)
     sup.write_config(config_toml(ONE_POOL))
     sup.signal(signal.SIGHUP)
-    sup.wait_log("Pool default resized to 1")
+    sup.wait_event(events.POOL_RESIZED, pool="default", count=2)
     sup.wait_children(1)
-    sup.wait_log("Child testnode:default:2:1 exited with code 0 after stop")
+    sup.wait_event(events.CHILD_STOPPED, pool="default", slot=2, pid=third["pid"])
+    assert not sup.has_event(events.CHILD_KILLED)  # it stopped within its grace period
 
 
 def test_hup_adds_removes_and_rolls_pools(supervisor, db):
     from tsapp import tasks
 
     sup = supervisor(config_toml(ONE_POOL))
-    sup.wait_log("Starting worker worker_id=testnode:default:0:1")
+    old = sup.wait_ready("default", 0)
     changed = ONE_POOL.replace('"100ms"', '"200ms"') + '\n[pools.reports]\nqueues = ["reports"]\n'
     sup.write_config(config_toml(changed))
     sup.signal(signal.SIGHUP)
-    sup.wait_log("Pool default changed: rolling its children")
-    sup.wait_log("Child testnode:default:0:1 exited with code 0 after stop")
-    log = sup.log()
+    sup.wait_event(events.POOL_ROLLED, pool="default")
+    sup.wait_event(events.POOL_ADDED, pool="reports")
+    stopped = sup.wait_event(events.CHILD_STOPPED, pool="default", pid=old["pid"])
     # New children up before old ones drain.
-    assert log.index("Started child testnode:default:0:2") < log.index("Child testnode:default:0:1 exited")
+    logged = sup.events()
+    assert logged.index(sup.events(events.CHILD_STARTED, pool="default", slot=0)[1]) < logged.index(stopped)
     result = tasks.report.enqueue(7)
     wait_status(result, "SUCCESSFUL")
 
     sup.write_config(config_toml('[pools.reports]\nqueues = ["reports"]\n'))
     sup.signal(signal.SIGHUP)
-    sup.wait_log("Pool default removed")
+    sup.wait_event(events.POOL_REMOVED, pool="default")
     sup.wait_children(1)
 
 
@@ -191,7 +194,9 @@ def test_bad_config_on_hup_keeps_running_config(supervisor, db):
     sup.wait_children(1)
     sup.write_config(config_toml(ONE_POOL.replace("processes = 1", "processes = 0")))
     sup.signal(signal.SIGHUP)
-    sup.wait_log("Reload refused, keeping the running config: pools.default.processes must be")
+    refused = sup.wait_event(events.RELOAD_FAILED)
+    assert "pools.default.processes" in refused["message"]  # the error names the key to fix
+    assert not sup.has_event(events.RELOADED)
     assert len(sup.wait_children(1)) == 1
     sup.signal(signal.SIGTERM)
     assert sup.wait_exit() == exitcodes.EX_OK
@@ -220,14 +225,14 @@ def test_exec_start_runs_a_fresh_interpreter(supervisor, db):
     sup.wait_children(1)
     result = tasks.argv0.enqueue()
     wait_status(result, "SUCCESSFUL")
-    assert rows().get(id=result.id).return_value.endswith("task_supervisor/worker.py") or rows().get(
-        id=result.id
-    ).return_value.endswith("supervisor/worker.py")
+    assert rows().get(id=result.id).return_value.endswith("/worker/__main__.py")  # python -m task_supervisor.worker
 
 
 def test_children_that_cannot_boot_make_the_supervisor_give_up(supervisor, db):
     text = config_toml(ONE_POOL + 'start = "exec"\n').replace("tsproject.settings", "tsproject.settings_childfail")
     sup = supervisor(text)
     assert sup.wait_exit(timeout=60) == exitcodes.EX_NO_WORKERS
-    last = sup.log().strip().splitlines()[-1]
-    assert "no pool could start a worker" in last and "broken in children" in last, last
+    assert sup.has_event(events.CHILD_BOOT_FAILED, pool="default")
+    (gave_up,) = sup.events(events.SUPERVISOR_GAVE_UP)
+    assert "broken in children" in gave_up["message"], gave_up  # the children's own reason, for the operator
+    assert sup.events()[-1]["event"] == events.SUPERVISOR_STOPPED
