@@ -8,6 +8,7 @@ import sys
 
 from task_supervisor import compat, exitcodes
 from task_supervisor.config import Config
+from task_supervisor.exceptions import one_line
 
 # Bound connection attempts (psycopg reads it) so an unreachable database is an error, not a hang.
 DEFAULT_CONNECT_TIMEOUT = "10"  # seconds
@@ -130,7 +131,7 @@ def check_database(backends: dict[str, compat.TaskBackend]) -> None:
             raise StartupError(
                 exitcodes.EX_DATABASE,
                 f"Database {backend.db_alias!r} ({describe_database(backend.db_alias)}) is unreachable: "
-                f"{' '.join(str(exc).split())}; start it or fix DATABASES in your settings.",
+                f"{one_line(exc)}; start it or fix DATABASES in your settings.",
             ) from None
         finally:
             connection.close()

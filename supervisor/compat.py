@@ -40,17 +40,12 @@ class TaskBackend:
     alias: str
     framework: str  # "django.tasks" or "django_tasks"
     package: str  # "django_tasks_db" or "django_tasks.backends.database"
-    backend: Any
     signals: ModuleType  # has task_started / task_finished
     model: Any  # DBTaskResult
-    status_succeeded: str  # "SUCCESSFUL", or "SUCCEEDED" before django-tasks 0.9
 
     @property
     def worker_command(self) -> str:
         return f"{self.package}.management.commands.db_worker"
-
-    def command_class(self) -> type:
-        return importlib.import_module(self.worker_command).Command
 
     @property
     def db_alias(self) -> str:
@@ -75,12 +70,6 @@ def _frameworks() -> list[tuple[str, ModuleType]]:
         if base is not None:
             found.append((name, base))
     return found
-
-
-def _handler(framework: str) -> Any:
-    module = importlib.import_module(framework)
-    # django-tasks before 0.9 called the handler `tasks`.
-    return getattr(module, "task_backends", None) or module.tasks
 
 
 def backend_path(alias: str) -> str:
@@ -134,15 +123,12 @@ def resolve(alias: str = "default") -> TaskBackend:
         )
 
     model = importlib.import_module(f"{package}.models").DBTaskResult
-    choices = {value for value, _ in model._meta.get_field("status").choices}
     return TaskBackend(
         alias=alias,
         framework=framework,
         package=package,
-        backend=_handler(framework)[alias],
         signals=importlib.import_module(f"{framework}.signals"),
         model=model,
-        status_succeeded="SUCCESSFUL" if "SUCCESSFUL" in choices else "SUCCEEDED",
     )
 
 

@@ -17,3 +17,8 @@ class WorkerLost(Exception):
 
 for _cls in (TaskTimeout, WorkerLost):
     _cls.__module__ = "task_supervisor"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line (database drivers' messages span several), or its class name."""
+    return " ".join(str(exc).split()) or type(exc).__name__

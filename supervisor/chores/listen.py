@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from task_supervisor import events
+from task_supervisor.chores.backoff import Backoff
 from task_supervisor.chores.timebox import timebox
 from task_supervisor.compat import TaskBackend
+from task_supervisor.exceptions import one_line
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ class ReadyListener:
         self.conn: Any = None
         self.driver = ""
         self.retry_at = 0.0
-        self.retry_delay = RECONNECT_MIN
+        self.backoff = Backoff(RECONNECT_MIN, RECONNECT_MAX)
         self.later: list[tuple[float, str]] = []  # heap of (epoch, queue) for run_after rows
 
     def fileno(self) -> int | None:
@@ -87,17 +89,16 @@ class ReadyListener:
         except Exception as exc:
             log.warning(
                 "Cannot LISTEN for new tasks (polling meanwhile): %s",
-                " ".join(str(exc).split()),
+                one_line(exc),
                 extra={"event": events.LISTEN_CONNECT_FAILED},
             )
             if conn is not None:
                 with contextlib.suppress(Exception):
                     conn.close()
-            self.retry_at = now + self.retry_delay
-            self.retry_delay = min(RECONNECT_MAX, self.retry_delay * 2)
+            self.retry_at = now + self.backoff.failed()
             return False
         self.conn = conn
-        self.retry_delay = RECONNECT_MIN
+        self.backoff.succeeded()
         log.info("Listening for new tasks on %s", CHANNEL, extra={"event": events.LISTENING})
         return True
 
@@ -119,7 +120,7 @@ class ReadyListener:
         except Exception as exc:
             log.warning(
                 "LISTEN connection lost (polling meanwhile): %s",
-                " ".join(str(exc).split()),
+                one_line(exc),
                 extra={"event": events.LISTEN_LOST},
             )
             self.close()

@@ -41,12 +41,6 @@ class SignalQueue:
             signals.append(self.pending.popleft())
         return signals
 
-    def wake(self) -> None:
-        try:
-            self.wake_w.send(b"\0")
-        except BlockingIOError:
-            pass
-
     def uninstall(self) -> None:
         signal.set_wakeup_fd(-1)
         for signum, previous in self._previous.items():

@@ -16,6 +16,7 @@ import sys
 import traceback
 from typing import Any, NoReturn
 
+from task_supervisor.exceptions import one_line
 from task_supervisor.wire import protocol
 from task_supervisor.wire.spec import (
     CHILD_EXIT_BOOT_FAILED,
@@ -88,7 +89,7 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
             _keep_connections(backend.db_alias)
         _check_database(backend)
     except Exception as exc:  # a boot failure of any kind is reported in one line
-        reporter.send(protocol.BOOT_FAILED, reason=_one_line(exc))
+        reporter.send(protocol.BOOT_FAILED, reason=_boot_reason(exc))
         return CHILD_EXIT_BOOT_FAILED
     if spec.log_format == "json":
         _json_task_logs(backend)
@@ -144,9 +145,8 @@ def _check_database(backend: Any) -> None:
     connections[backend.db_alias].ensure_connection()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:500]
+def _boot_reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {one_line(exc)}"[:500]
 
 
 def _hook_signals(backend: Any, reporter: protocol.Reporter, spec: ChildSpec) -> CurrentTask:
@@ -199,6 +199,6 @@ def main(argv: list[str]) -> NoReturn:
 
         django.setup()
     except Exception as exc:
-        reporter.send(protocol.BOOT_FAILED, reason=_one_line(exc))
+        reporter.send(protocol.BOOT_FAILED, reason=_boot_reason(exc))
         os._exit(CHILD_EXIT_BOOT_FAILED)
     run_child(spec, report_fd, control_fd)
