@@ -7,7 +7,7 @@ import os
 import signal
 from pathlib import Path
 
-from task_supervisor import exitcodes
+from task_supervisor import events, exitcodes
 from tests.realproc.test_supervision import ONE_POOL, rows, wait_status
 from tests.support import config_toml, wait_until
 
@@ -41,7 +41,8 @@ def test_soft_timeout_fails_the_task_and_the_child_goes_on(supervisor, db, tmp_p
     after = tasks.add.enqueue(1, 1)
     wait_status(after, "SUCCESSFUL")
     assert row(after).worker_ids == ["testnode:default:0:1"]  # same child, not a new one
-    assert "raising TaskTimeout" in sup.log()
+    assert sup.has_event(events.TASK_TIMEOUT, task_id=str(result.id))
+    assert not sup.has_event(events.TASK_TIMEOUT_KILL)
 
 
 def test_task_timeouts_win_over_the_pool_and_tasks_may_clean_up(supervisor, db, tmp_path):
@@ -67,7 +68,8 @@ def test_a_task_that_swallows_the_timeout_is_killed(supervisor, db, tmp_path):
     assert failed.exception_class_path == TIMEOUT_CLASS
     assert "did not stop within kill_after 1s" in failed.traceback and "was killed" in failed.traceback
     assert Path(str(marker) + ".caught").exists()
-    sup.wait_log("Started child testnode:default:0:2")
+    assert sup.has_event(events.TASK_TIMEOUT_KILL, task_id=str(result.id))
+    sup.wait_event(events.CHILD_STARTED, pool="default", slot=0, count=2)
     after = tasks.add.enqueue(2, 2)
     wait_status(after, "SUCCESSFUL")
 
@@ -88,7 +90,7 @@ def test_os_exit_is_recorded_as_worker_lost(supervisor, db):
     failed = wait_finished(tasks.exit_process.enqueue(3))
     assert failed.exception_class_path == LOST_CLASS
     assert "exited with code 3" in failed.traceback
-    sup.wait_log("Started child testnode:default:0:2")
+    sup.wait_event(events.CHILD_STARTED, pool="default", slot=0, count=2)
     wait_status(tasks.add.enqueue(1, 2), "SUCCESSFUL")
 
 
@@ -142,10 +144,11 @@ def test_a_child_past_max_memory_is_recycled_after_its_task(supervisor, db):
     sup = supervisor(config_toml(ONE_POOL + 'max_memory = "150MiB"\n'))
     result = tasks.leak.enqueue(200, hold_seconds=2.5)
     wait_status(result, "SUCCESSFUL")
-    sup.wait_log("over max_memory")
-    sup.wait_log("passed max_memory; recycling it after its task")
-    sup.wait_log("Child testnode:default:0:1 exited with code 0 after stop")
-    sup.wait_log("Started child testnode:default:0:2")
+    first = sup.wait_event(events.CHILD_OVER_MEMORY, pool="default", slot=0)
+    sup.wait_event(events.CHILD_RECYCLE_MEMORY, pid=first["pid"])
+    sup.wait_event(events.CHILD_STOPPED, pid=first["pid"])
+    sup.wait_event(events.CHILD_STARTED, pool="default", slot=0, count=2)
+    assert not sup.has_event(events.CHILD_KILLED)  # its task finished and it left in time
     wait_status(tasks.add.enqueue(1, 1), "SUCCESSFUL")
 
 
@@ -183,7 +186,7 @@ def test_a_restarted_supervisor_recovers_what_a_killed_one_left(supervisor, db, 
     failed = wait_finished(result)
     assert failed.exception_class_path == LOST_CLASS
     assert "gone when its supervisor restarted" in failed.traceback
-    assert "marked FAILED" in second.log()
+    assert second.has_event(events.TASK_LOST_HANDLED, task_id=str(result.id), status="FAILED")
 
 
 def stale_heartbeat(node: str) -> None:
@@ -219,5 +222,5 @@ def test_two_supervisors_racing_for_a_dead_node_handle_each_row_once(supervisor,
     b = supervisor(config_toml(text, node="node-b", extra='node_timeout = "5s"'))
     for result in lost:
         wait_finished(result)
-    handled = a.log().count("marked FAILED") + b.log().count("marked FAILED")
-    assert handled == len(lost), (a.tail(), b.tail())
+    handled = [r["task_id"] for sup in (a, b) for r in sup.events(events.TASK_LOST_HANDLED, status="FAILED")]
+    assert sorted(handled) == sorted(str(r.id) for r in lost), (a.tail(), b.tail())

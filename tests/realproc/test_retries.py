@@ -6,7 +6,7 @@ import itertools
 import subprocess
 import sys
 
-from task_supervisor import exitcodes
+from task_supervisor import events, exitcodes
 from tests.realproc.test_lost_tasks import LOST_CLASS, row, wait_finished
 from tests.realproc.test_supervision import ONE_POOL
 from tests.support import config_toml, wait_until
@@ -28,7 +28,8 @@ def test_a_task_that_fails_twice_succeeds_on_its_third_attempt(supervisor, db, t
     assert done.exception_class_path == "" and done.traceback == ""
     result.refresh()
     assert result.status.name == "SUCCESSFUL" and result.return_value == 3
-    assert sup.log().count("retrying at") == 2
+    assert [r["attempt"] for r in sup.events(events.RETRY_SCHEDULED, task_id=str(result.id))] == [1, 2]
+    assert not sup.has_event(events.RETRY_EXHAUSTED)
 
 
 def test_a_task_that_always_fails_stops_after_max_attempts_with_growing_delays(supervisor, db, tmp_path):
@@ -41,7 +42,7 @@ def test_a_task_that_always_fails_stops_after_max_attempts_with_growing_delays(s
     attempts = tmp_path / "attempts"
     result = tasks.always_fails.enqueue(str(attempts))
     wait_until(lambda: attempts.exists() and len(attempts.read_text().split()) == 3, 30, message="3 attempts")
-    sup.wait_log("on its last attempt (3); it stays FAILED")
+    sup.wait_event(events.RETRY_EXHAUSTED, task_id=str(result.id), attempt=3)
     failed = row(result)
     assert failed.status == "FAILED" and len(failed.worker_ids) == 3
     assert failed.exception_class_path == "builtins.ConnectionError"
@@ -73,7 +74,8 @@ def test_a_lost_worker_is_an_attempt_a_policy_can_name(supervisor, db, tmp_path)
     assert failed.exception_class_path == LOST_CLASS
     assert len(failed.worker_ids) == 2
     assert "That was its last attempt (2 of max_attempts 2)" in failed.traceback
-    assert "retrying at" in sup.log()
+    assert sup.has_event(events.RETRY_SCHEDULED, task_id=str(failed.id), attempt=1)
+    assert sup.has_event(events.RETRY_EXHAUSTED, task_id=str(failed.id), attempt=2)
 
 
 def test_check_reports_bad_retry_policies(tmp_path, db):
