@@ -11,7 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from task_supervisor import exitcodes
+from task_supervisor import events, exitcodes
 from tests.realproc.test_supervision import ONE_POOL, wait_status
 from tests.support import config_toml, wait_until
 
@@ -113,7 +113,9 @@ def test_a_second_supervisor_on_the_same_socket_is_refused(supervisor, db, tmp_p
     wait_until(lambda: os.path.exists(sock), message="the control socket")
     second = supervisor(text.replace(str(port), str(free_port())))
     assert second.wait_exit() == exitcodes.EX_CONFIG
-    assert "another supervisor is running with control socket" in second.log()
+    (refused,) = second.events(events.HTTP_BIND_FAILED)  # its HTTP port is free: the socket is the one taken
+    assert sock in refused["message"], refused  # the operator is told which socket
+    assert not second.has_event(events.SUPERVISOR_STARTED)
     assert first.proc.poll() is None
 
 
@@ -137,10 +139,11 @@ def test_a_pool_scales_up_under_a_backlog_and_back_down(supervisor, db):
     sup = supervisor(config_toml(pools))
     sup.wait_children(1)
     results = [tasks.sleep.enqueue(0.5) for _ in range(24)]
-    sup.wait_log("Pool default scaled up", timeout=20)
+    sup.wait_event(events.POOL_SCALED, pool="default", direction="up", timeout=20)
     sup.wait_children(3, timeout=20)
     for result in results:
         wait_status(result, "SUCCESSFUL", timeout=60)
-    sup.wait_log("Pool default scaled down from 2 to 1", timeout=30)
+    sup.wait_event(events.POOL_SCALED, pool="default", direction="down", timeout=30)
     sup.wait_children(1, timeout=20)
-    assert "scaled up from 3" not in sup.log()  # never past max
+    # Never past max: slots fill from the lowest free index, so a fourth child would take slot 3.
+    assert {r["slot"] for r in sup.events(events.CHILD_STARTED, pool="default")} == {0, 1, 2}
