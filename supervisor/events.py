@@ -60,3 +60,6 @@ CHILD_CRASHED = "child_crashed"
 
 # A worker's final write refused: its row was no longer RUNNING under its worker id.
 TASK_FENCED = "task_fenced"
+
+# The janitor's sweep found RUNNING rows under a worker id of this node that no live child has.
+LOST_ROWS_FOUND = "lost_rows_found"

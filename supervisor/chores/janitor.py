@@ -1,13 +1,19 @@
-"""The supervisor's database chores: lost rows, heartbeats, dead nodes.
+"""The supervisor's database chores: lost rows, heartbeats, dead nodes, the sweep.
 
 They run on the supervisor's loop between turns, each statement bounded (see recovery.bounded),
 and what fails is kept and retried with backoff: a database outage delays the chores, it never
 stalls the loop or loses a row to finish.
+
+When a child exits, its RUNNING rows are looked up by its worker id. On a client-server database
+a claim whose COMMIT was sent just before the child died can become visible after that lookup
+(the server finishes the commit on its own), so every SWEEP_INTERVAL the sweep looks again at all
+of this node's RUNNING rows and recovers those whose worker id no live child has.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import random
 from collections.abc import Callable
@@ -29,6 +35,11 @@ RETRY_MAX = 10.0
 QUEUE_DEPTH_INTERVAL = 2.0  # seconds between READY-depth queries (metrics, autoscaling)
 MAX_ITEMS_PER_TURN = 20  # lost rows finished per loop turn, so a burst cannot hog the loop
 CHORES_DEADLINE = 2.5  # seconds one turn of chores may block the loop (each statement: 2 s)
+# Seconds between sweeps of this node's RUNNING rows. It bounds how long a row stays RUNNING
+# under a worker id no live child has: found by the first sweep after its claim is visible, and
+# finished on the next turn (later only while the database fails, when every chore waits).
+SWEEP_INTERVAL = 5.0
+EXITS_KEPT = 10_000  # worker ids of exited children remembered for the sweep's verdict
 
 
 class Janitor:
@@ -53,7 +64,9 @@ class Janitor:
         self.next_beat = 0.0
         self.started_at = timezone.now()
         self.heartbeats = recovery.heartbeats_installed()
-        self.lost_total = 0
+        self.next_sweep = 0.0
+        # Worker ids of this supervisor's children whose exit was handed to lost(), oldest first.
+        self.exited: dict[str, None] = {}
         self.db_ok = True
         self.db_error: str | None = None
         self.last_beat: str | None = None
@@ -86,6 +99,10 @@ class Janitor:
         return self.backends.get(pool) or next(iter(self.backends.values()))
 
     def lost(self, pool: str, lost: LostTask) -> None:
+        """A child exited: finish the row it may have left RUNNING."""
+        self.exited[lost.worker_id] = None
+        while len(self.exited) > EXITS_KEPT:
+            del self.exited[next(iter(self.exited))]
         self.pending.append((self.backend_for(pool), lost))
 
     def failed(self, pool: str, failed: FailedTask) -> None:
@@ -107,50 +124,94 @@ class Janitor:
     def recover_own(self, live_worker_ids: set[str]) -> None:
         """Queue the RUNNING rows of this node's earlier incarnations (no live child has them)."""
         with timebox(CHORES_DEADLINE, "looking for this node's RUNNING rows", self.cut):
-            self._recover_prefix(
-                f"{self.node}:",
+            self._sweep(
                 live_worker_ids,
                 f"The worker running this task ({{worker_id}}) was gone when its supervisor restarted on node "
                 f"{self.node}.",
             )
+        self.next_sweep = self.clock() + SWEEP_INTERVAL
 
-    def _recover_prefix(self, prefix: str, live_worker_ids: set[str], message: str) -> None:
+    def _sweep(self, live_worker_ids: set[str], stranger: str) -> None:
+        """Queue this node's RUNNING rows that no live child holds and no queued loss covers.
+
+        ``stranger`` is the message for a worker id that no child of this supervisor exited with.
+        """
+        held = live_worker_ids | {item.worker_id for _, item in self.pending}
         for backend in self.distinct_backends():
-            for worker_id in sorted(recovery.running_worker_ids(backend, prefix) - live_worker_ids):
+            for worker_id in sorted(recovery.running_worker_ids(backend, f"{self.node}:", exclude=held)):
+                if worker_id in held:  # the query excluded these already; a live child's row is never taken
+                    continue
+                log.warning(
+                    "Found RUNNING rows of worker %s, which is no live child of node %s; recovering them",
+                    worker_id,
+                    self.node,
+                    extra={"event": events.LOST_ROWS_FOUND, "worker_id": worker_id},
+                )
+                self.pending.append((backend, self.swept_loss(worker_id, stranger)))
+
+    def swept_loss(self, worker_id: str, stranger: str) -> LostTask:
+        """What to record for a row the sweep found under ``worker_id``, a worker no longer alive."""
+        if worker_id in self.exited:
+            # Its exit was handled and this row was not RUNNING under it then: the claim committed
+            # after that lookup, so the child never started the task (db_worker reports
+            # task_started only once its claim is committed). Back to READY, as any unstarted claim.
+            message = (
+                f"The worker that claimed this task ({worker_id}) exited before starting it; the claim "
+                "was committed only after the supervisor had looked for that worker's rows."
+            )
+            return dataclasses.replace(self.lost_from_worker(worker_id, message), on_worker_lost="requeue")
+        return self.lost_from_worker(worker_id, stranger.format(worker_id=worker_id))
+
+    def _recover_prefix(self, prefix: str, message: str) -> None:
+        for backend in self.distinct_backends():
+            for worker_id in sorted(recovery.running_worker_ids(backend, prefix)):
                 lost = self.lost_from_worker(worker_id, message.format(worker_id=worker_id))
                 self.pending.append((backend, lost))
 
-    def next_due(self) -> float | None:
-        moments = []
+    def next_due(self) -> float:
+        moments = [max(self.retry_at, self.next_sweep)]
         if self.pending:
             moments.append(self.retry_at)
         if self.heartbeats:
             moments.append(self.next_beat)
-        return min(moments) if moments else None
+        return min(moments)
 
     def tick(self, now: float, live_worker_ids: set[str], pools: list[str]) -> None:
+        """One turn of chores; ``live_worker_ids`` are those of every child of this supervisor."""
+        self._attempt(now, lambda: self._chores(now, live_worker_ids, pools))
+
+    def _attempt(self, now: float, chores: Callable[[], None]) -> None:
         if now < self.retry_at:
             return
         try:
             with timebox(CHORES_DEADLINE, "the database chores", self.cut):
-                self._finish_pending()
-                if self.heartbeats and now >= self.next_beat:
-                    self._beat(live_worker_ids, pools)
-                    self.next_beat = now + self.beat_interval()
-                    self.last_beat = timezone.now().isoformat()
-                if now >= self.next_depth:
-                    self._measure_queues()
-                    self.next_depth = now + QUEUE_DEPTH_INTERVAL
+                chores()
         except Exception as exc:  # a database error of any driver: retry later
-            self._failed(now, exc)
+            self._chores_failed(now, exc)
         else:
             self.retry_delay = RETRY_MIN
             self.db_ok, self.db_error = True, None
 
+    def _chores(self, now: float, live_worker_ids: set[str], pools: list[str]) -> None:
+        self._finish_pending()
+        if self.heartbeats and now >= self.next_beat:
+            self._beat(live_worker_ids, pools)
+            self.next_beat = now + self.beat_interval()
+            self.last_beat = timezone.now().isoformat()
+        if now >= self.next_depth:
+            self._measure_queues()
+            self.next_depth = now + QUEUE_DEPTH_INTERVAL
+        if now >= self.next_sweep:
+            self._sweep(
+                live_worker_ids,
+                f"The worker running this task ({{worker_id}}) is no live child of the supervisor of node {self.node}.",
+            )
+            self.next_sweep = now + SWEEP_INTERVAL
+
     def beat_interval(self) -> float:
         return min(15.0, max(1.0, self.config.supervisor.node_timeout / 4))
 
-    def _failed(self, now: float, exc: Exception) -> None:
+    def _chores_failed(self, now: float, exc: Exception) -> None:
         from django.db import connections
 
         self.db_ok, self.db_error = False, " ".join(str(exc).split()) or type(exc).__name__
@@ -183,7 +244,6 @@ class Janitor:
             self.pending.popleft()
 
     def _lost_handled(self, pool: str, lost: LostTask, outcome: Outcome) -> None:
-        self.lost_total += 1
         self.stats.lost_tasks[(pool, "requeued" if outcome.status == "READY" else "failed")] += 1
         if outcome.run_after is not None or outcome.last_attempt:
             self._retry_handled(pool, lost.exception_path, outcome)
@@ -202,6 +262,8 @@ class Janitor:
                 "task_id": outcome.task_id,
                 "status": outcome.status,
                 "pool": pool,
+                "worker_id": lost.worker_id,
+                "attempt": outcome.attempts,
             },
         )
 
@@ -256,7 +318,6 @@ class Janitor:
             )
             self._recover_prefix(
                 f"{node}:",
-                set(),
                 f"The worker running this task ({{worker_id}}) belonged to node {node}, whose supervisor "
                 f"stopped sending heartbeats for over {self.config.supervisor.node_timeout:.0f}s.",
             )
@@ -269,7 +330,8 @@ class Janitor:
         """At exit: finish what is pending while the deadline allows, and drop our heartbeat."""
         while self.pending and self.clock() < deadline:
             self.retry_at = 0.0
-            self.tick(self.clock(), set(), [])
+            # Only the pending rows: no sweep, since a child that outlived halt() may still run its task.
+            self._attempt(self.clock(), self._finish_pending)
             if self.pending:
                 self._sleep_until(min(deadline, self.retry_at))
         if self.pending:

@@ -12,7 +12,7 @@ import importlib
 import logging
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -92,11 +92,12 @@ def finish(backend: TaskBackend, lost: LostTask, policy_for: PolicyFor, rng: ran
     model = backend.model
     outcomes = []
     with bounded(backend):
-        rows = model.objects.select_for_update().filter(status="RUNNING")
+        rows = last_worker_in(model.objects.select_for_update().filter(status="RUNNING"), [lost.worker_id])
         if lost.task_id is not None:
             rows = rows.filter(id=lost.task_id)
         for row in rows.only("id", "worker_ids", "status", "task_path"):
-            if not row.worker_ids or row.worker_ids[-1] != lost.worker_id:
+            # The filter picked the rows; this check, under their lock, is the one that decides.
+            if last_worker(row.worker_ids) != lost.worker_id:
                 continue
             outcomes.append(_finish_row(backend, row, lost, policy_for(row.task_path), rng))
     return outcomes
@@ -162,12 +163,68 @@ def retry_failed(backend: TaskBackend, failed: FailedTask, policy: RetryPolicy, 
         return _retry(backend, row, "FAILED", policy, attempts, rng)
 
 
-def running_worker_ids(backend: TaskBackend, prefix: str) -> set[str]:
-    """Worker ids starting with ``prefix`` that RUNNING rows were last claimed by."""
+def running_worker_ids(backend: TaskBackend, prefix: str, exclude: Collection[str] = ()) -> set[str]:
+    """Worker ids starting with ``prefix``, and not in ``exclude``, that RUNNING rows were last claimed by."""
     set_sqlite_busy_timeout(backend)
     with bounded(backend):
-        rows = backend.model.objects.filter(status="RUNNING").values_list("worker_ids", flat=True)
-        return {ids[-1] for ids in rows if ids and str(ids[-1]).startswith(prefix)}
+        rows = last_worker_starts_with(backend.model.objects.filter(status="RUNNING"), prefix)
+        rows = exclude_last_worker_in(rows, exclude)
+        return {wid for ids in rows.values_list("worker_ids", flat=True) if (wid := last_worker(ids)) is not None}
+
+
+# -- rows by their last worker id, in SQL -----------------------------------------------------
+#
+# worker_ids is a JSON list whose last element is the row's current owner. Django's JSON lookups
+# cannot say "the last element" on every setup: a key transform on index -1 is an error on SQLite
+# under Django 5.2 ("JSON path error near '[-1]'") and on MySQL/MariaDB under Django 6, and on
+# MariaDB under Django 5.2 it silently reads element 0; ``contains`` is not supported on SQLite.
+# So the filter is a regular expression on the column's JSON text, anchored at the closing
+# bracket: PostgreSQL (jsonb::text), SQLite (the text as stored) and MySQL/MariaDB render a list
+# of strings alike, up to whitespace, which the pattern allows. Worker ids of this product are
+# letters, digits and "_.:-", which JSON writes as they are.
+
+_TEXT = "worker_ids_text"
+_LAST = r'"\s*\]\s*$'  # the closing quote of the last element, then the list's bracket
+
+
+def _as_text(rows: Any) -> Any:
+    from django.db.models import TextField
+    from django.db.models.functions import Cast
+
+    return rows.alias(**{_TEXT: Cast("worker_ids", TextField())})
+
+
+def _literal(text: str) -> str:
+    """``text`` as a regular expression that PostgreSQL, MySQL, MariaDB and Python read alike."""
+    return "".join("\\" + c if c.isascii() and not c.isalnum() and c not in "_:-" else c for c in text)
+
+
+def last_worker_in(rows: Any, worker_ids: Collection[str]) -> Any:
+    """The rows whose last worker id is one of ``worker_ids``."""
+    if not worker_ids:
+        return rows.none()
+    pattern = "|".join(_literal(w) for w in sorted(worker_ids))
+    return _as_text(rows).filter(**{f"{_TEXT}__regex": f'"({pattern}){_LAST}'})
+
+
+def exclude_last_worker_in(rows: Any, worker_ids: Collection[str]) -> Any:
+    """The rows whose last worker id is none of ``worker_ids``."""
+    if not worker_ids:
+        return rows
+    pattern = "|".join(_literal(w) for w in sorted(worker_ids))
+    return _as_text(rows).exclude(**{f"{_TEXT}__regex": f'"({pattern}){_LAST}'})
+
+
+def last_worker_starts_with(rows: Any, prefix: str) -> Any:
+    """The rows whose last worker id starts with ``prefix``."""
+    return _as_text(rows).filter(**{f"{_TEXT}__regex": f'"{_literal(prefix)}[^"]*{_LAST}'})
+
+
+def last_worker(worker_ids: Any) -> str | None:
+    """The current owner of a row: the last of its worker ids (None for an empty or odd value)."""
+    if isinstance(worker_ids, list) and worker_ids:
+        return str(worker_ids[-1])
+    return None
 
 
 def ready_by_queue(backend: TaskBackend) -> list[tuple[str, int, Any]]:
