@@ -151,7 +151,7 @@ def test_a_row_failed_by_hand_keeps_its_failure_and_is_not_retried(observed_supe
 def test_the_supervisor_counts_fenced_writes(observed_supervisor, db, tmp_path):
     from tsapp import tasks
 
-    _sup, port = observed_supervisor()
+    sup, port = observed_supervisor()
     held = Held(tmp_path)
     result = tasks.hold.enqueue(*held.args())
     held.wait_started(sup.log)
@@ -279,7 +279,7 @@ def test_older_setups_fence_finishes_on_rows_failed_by_hand(fencing_setup, tmp_p
             f"import json; from {setup.task_module} import hold; "
             f"print(json.dumps([str(hold.enqueue({held.args()[0]!r}, {held.args()[1]!r}).id)]))"
         )
-        held.wait_started(sup.log)
+        held.wait_started(setup.log_text)
         status, [worker_id], _, _ = setup.row(task_id)
         assert status == "RUNNING" and worker_id == "compat:default:0:1"  # the same child both times
         taken = (
