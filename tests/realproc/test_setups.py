@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from task_supervisor import exitcodes
-from tests.support import PROJECT, ROOT, pg_connect, wait_until
+from task_supervisor import events, exitcodes
+from tests.support import JSON_LOGS, PROJECT, ROOT, JsonLog, matching, pg_connect, render, wait_until
 
 GUIDE = ROOT / "tests" / "projects" / "guide"
 TABLE = "django_tasks_database_dbtaskresult"
@@ -45,6 +45,7 @@ class Setup:
             "PYTHONPATH": str(project),
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "supervisor.log"
 
     def python(self, *args: str) -> str:
         out = subprocess.run(
@@ -89,12 +90,13 @@ class Setup:
             [supervisor]
             node = "compat"
             http = ""
+            {JSON_LOGS}
             [pools.default]
             processes = 2
             interval = "100ms"
             """)
         )
-        self.log = open(self.workdir / "supervisor.log", "wb")
+        self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [str(self.venv / "bin" / "task-supervisor"), "run", "-c", str(config)],
             env=self.env,
@@ -125,8 +127,13 @@ class Setup:
             rows = self.rows()
             return all(rows.get(i, ("",))[0] == succeeded for i in ids) and rows
 
-        log = lambda: (self.workdir / "supervisor.log").read_text()  # noqa: E731
-        return wait_until(done, 60, 0.1, message=f"tasks {succeeded}; log:\n{log()[-3000:]}")
+        return wait_until(done, 60, 0.1, message=lambda: f"tasks {succeeded}; the log ends:\n{self.tail()}")
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        return matching(JsonLog(self.log_path).read(), name)
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(render(line) for line in self.log_path.read_text().splitlines()[-lines:])
 
 
 @pytest.fixture
@@ -172,4 +179,4 @@ def test_setup_c_the_guides_greet_user_under_the_supervisor(setup_factory, engin
     assert value == "Hello, michaelyin! Task completed successfully."
     assert workers[0].startswith("compat:default:")
     assert setup.stop() == exitcodes.EX_OK
-    assert "heartbeats and dead-node recovery are off" in (setup.workdir / "supervisor.log").read_text()
+    assert setup.events(events.HEARTBEATS_OFF)
