@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from task_supervisor import events
 from tests.chaos.harness import Figures, rows, unique_node
 from tests.support import PROJECT, Database, SupervisorProcess, config_toml, wait_until
 
@@ -118,7 +119,7 @@ def assert_same_child_goes_on(sup: SupervisorProcess, pid: int, followers: list[
         worker_ids.update(row["worker_ids"])
     assert len(worker_ids) == 1, worker_ids
     assert [c.pid for c in sup.children()] == [pid]
-    assert sup.log().count("Started child") == 1, sup.tail()
+    assert len(sup.events(events.CHILD_STARTED)) == 1, sup.tail()
 
 
 def test_bad_rows_fail_with_their_reason_and_the_child_goes_on(supervisor, db: Database):
@@ -151,5 +152,5 @@ def test_bad_rows_fail_with_their_reason_and_the_child_goes_on(supervisor, db: D
         tasks=len(spoiled) + len(followers) + HAS_UNSERIALISABLE,
         faults=[bad.name for bad in cases] + (["returns object()"] if HAS_UNSERIALISABLE else []),
         seconds=time.monotonic() - began,
-        notes={"child_restarts": sup.log().count("Started child") - 1},
+        notes={"child_restarts": len(sup.events(events.CHILD_STARTED)) - 1},
     ).report()

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from task_supervisor import exitcodes
+from task_supervisor import events, exitcodes
 from task_supervisor.config import load_config
 from task_supervisor.observe import endpoints
 from tests.chaos.harness import Figures, free_port, http_get, observed_config, rows, unique_node
@@ -120,7 +120,7 @@ def test_the_database_password_is_never_printed(supervisor, db: Database, tmp_pa
 
         proxy.refuse()  # errors now: the children's, the chores', the listener's and readiness's
         wait_until(lambda: http_get(port, "/readyz")[0] == 503, 30, message="not ready while refused")
-        sup.wait_log("failed to boot", timeout=30)
+        sup.wait_event(events.CHILD_BOOT_FAILED, timeout=30)
         seen.update({f"refused: {k}": v for k, v in everything_printed(sup, port, env).items()})
         checked = cli("check", "-c", str(sup.config_path), env=env)
         assert checked.returncode == exitcodes.EX_CHECK_FAILED and "unreachable" in checked.stderr
