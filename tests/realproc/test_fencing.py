@@ -147,7 +147,6 @@ def test_a_row_failed_by_hand_keeps_its_failure_and_is_not_retried(observed_supe
     assert "retrying at" not in sup.log()
 
 
-@pytest.mark.xfail(strict=True, reason="the arbiter does not count task_fenced yet (one line in the loop)")
 def test_the_supervisor_counts_fenced_writes(observed_supervisor, db, tmp_path):
     from tsapp import tasks
 
