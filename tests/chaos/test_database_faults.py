@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from task_supervisor import events
 from tests.chaos.harness import (
     LIVEZ_WITHIN,
     Feeder,
@@ -114,8 +115,7 @@ def test_database_restart_and_outage(supervisor, db: Database, tmp_path):
         assert slowest.livez == 200 and slowest.livez_seconds < LIVEZ_WITHIN, slowest
         to_200 = r.probe.first(up, 200)
         assert to_200 is not None
-        log = r.sup.log()
-        assert "failed to boot" in log and "Database chores failed" in log
+        assert r.sup.has_event(events.CHILD_BOOT_FAILED) and r.sup.has_event(events.DB_ERROR)
 
         Figures(
             test="database restart + outage",
@@ -127,7 +127,7 @@ def test_database_restart_and_outage(supervisor, db: Database, tmp_path):
             seconds=time.monotonic() - began,
             notes={
                 "connections_reset": dropped,
-                "children_failed_to_boot": log.count("failed to boot"),
+                "children_failed_to_boot": len(r.sup.events(events.CHILD_BOOT_FAILED)),
                 "slowest_livez_s": round(slowest.livez_seconds, 3),
             },
         ).report()
