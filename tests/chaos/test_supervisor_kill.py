@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from task_supervisor import events
 from tests.chaos.harness import (
     LOST_CLASS,
     Figures,
@@ -128,7 +129,10 @@ def test_killed_supervisor_children_exit_and_the_next_one_recovers_their_rows(su
             assert r["status"] == "SUCCESSFUL" or r["exception_class_path"] == LOST_CLASS, r
         else:
             assert r["status"] == "SUCCESSFUL" and len(r["worker_ids"]) == 1, r
-    assert "marked FAILED" in third.log() and "requeued" in third.log()
+    outcomes = {r["task_id"]: r["status"] for r in third.events(events.TASK_LOST_HANDLED)}
+    assert {task_id: outcomes.get(task_id) for task_id in long} == {
+        task_id: "FAILED" if queue == "default" else "READY" for task_id, (queue, _) in long.items()
+    }
 
     Figures(
         test="supervisor SIGKILLed",
