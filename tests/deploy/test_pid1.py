@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from task_supervisor import exitcodes
+from task_supervisor import events, exitcodes
 from tests.deploy.manifests import require_tool
 from tests.realproc.test_supervision import ONE_POOL, wait_status
 from tests.support import Database, SupervisorProcess, config_toml, wait_until
@@ -114,4 +114,4 @@ def test_as_pid_1_it_reaps_orphans_drains_and_exits_zero(pid1_supervisor, tmp_pa
     assert sup.wait_exit(timeout=GRACEFUL_SECONDS + 10) == exitcodes.EX_OK, sup.tail()
     assert time.monotonic() - sent < GRACEFUL_SECONDS
     wait_status(result, "SUCCESSFUL", timeout=5)
-    assert "drained after SIGTERM" in sup.log()
+    assert sup.has_event(events.DRAIN_STARTED) and not sup.has_event(events.CHILD_KILLED)
