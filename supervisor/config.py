@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from task_supervisor.wire.control import LEASE_MARGIN
+
 WORKER_ID_MAX_LENGTH = 64  # db_worker refuses longer worker ids
 # Worker ids are node:pool:slot:generation; leave room for slot and generation digits.
 _WORKER_ID_SUFFIX_RESERVE = len(":999:999999")
@@ -113,6 +115,18 @@ class SupervisorConfig:
     node_timeout: float = 60.0  # seconds
     control_socket: str = ""  # "" -> control.default_socket_path(node)
     log_format: str = "text"
+    hung_after: float = 30.0  # seconds an idle child may leave a ping unanswered
+
+    @property
+    def beat_interval(self) -> float:
+        """Seconds between heartbeats, each renewing the node's lease for node_timeout."""
+        return min(15.0, max(1.0, self.node_timeout / 4))
+
+
+# The shortest node_timeout whose lease survives a missed heartbeat: running tasks are stopped
+# LEASE_MARGIN before the lease ends, and two beats (node_timeout / 4 apart) must fit before that:
+# node_timeout >= LEASE_MARGIN + node_timeout / 2.
+MIN_NODE_TIMEOUT = 2 * LEASE_MARGIN  # seconds
 
 
 BACKOFFS = ("exponential", "fixed")
@@ -320,15 +334,28 @@ def _read_supervisor(table: dict[str, Any], problems: list[str]) -> SupervisorCo
     node_timeout = r.get("node_timeout", 60.0, parse_duration, "a duration")
     control_socket = r.get("control_socket", "", _as_str, "a file path")
     log_format = r.get("log_format", "text", _choice(LOG_FORMATS), '"text" or "json"')
+    hung_after = r.get("hung_after", 30.0, parse_duration, "a duration")
     r.finish()
-    return SupervisorConfig(
+    config = SupervisorConfig(
         node=node,
         graceful_timeout=graceful,
         http=http,
         node_timeout=node_timeout,
         control_socket=control_socket,
         log_format=log_format,
+        hung_after=hung_after,
     )
+    if node_timeout is not None and node_timeout < MIN_NODE_TIMEOUT:
+        r.fail(
+            "node_timeout",
+            f"must be at least {MIN_NODE_TIMEOUT:g}s, got {node_timeout:g}s: the node's lease ends node_timeout "
+            f"after a heartbeat (one every node_timeout / 4), and running tasks are stopped {LEASE_MARGIN:g}s "
+            f"before it ends, so two heartbeats must fit in node_timeout - {LEASE_MARGIN:g}s (see the README, "
+            '"Never twice at once")',
+        )
+    if hung_after is not None and hung_after < 1:
+        r.fail("hung_after", f"must be at least 1s, got {hung_after:g}s")
+    return config
 
 
 def _read_pool(name: str, table: Any, problems: list[str]) -> PoolConfig | None:

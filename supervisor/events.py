@@ -63,3 +63,9 @@ TASK_FENCED = "task_fenced"
 
 # The janitor's sweep found RUNNING rows under a worker id of this node that no live child has.
 LOST_ROWS_FOUND = "lost_rows_found"
+
+# Leases and liveness (never twice at once).
+LEASE_EXPIRED = "lease_expired"  # a child stopped its task: its lease ran out
+LEASE_LOST = "lease_lost"  # the supervisor could not renew its lease in time
+LEASE_RENEWED = "lease_renewed"  # held again after it was lost
+CHILD_HUNG = "child_hung"  # a child stopped answering, or the OS says it is stopped

@@ -15,7 +15,12 @@ class WorkerLost(Exception):
     """The worker process running a task died before the task finished."""
 
 
-for _cls in (TaskTimeout, WorkerLost):
+class LeaseExpired(Exception):
+    """The node could not renew its lease on its running tasks (database unreachable, or the
+    supervisor frozen), so the task was stopped before another node may recover it."""
+
+
+for _cls in (TaskTimeout, WorkerLost, LeaseExpired):
     _cls.__module__ = "task_supervisor"
 
 

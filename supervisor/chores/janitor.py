@@ -70,6 +70,7 @@ class Janitor:
         self.db_ok = True
         self.db_error: str | None = None
         self.last_beat: str | None = None
+        self.lease_sent_at: float | None = None  # monotonic time the last heartbeat that went through was sent
         self.next_depth = 0.0
         if not self.heartbeats:
             log.warning(
@@ -105,7 +106,7 @@ class Janitor:
             del self.exited[next(iter(self.exited))]
         self.pending.append((self.backend_for(pool), lost))
 
-    def failed(self, pool: str, failed: FailedTask) -> None:
+    def task_failed(self, pool: str, failed: FailedTask) -> None:
         """A child reported a task FAILED; retry it if a policy covers it."""
         if self.config.retry_policy(pool, failed.path) is not None:
             self.pending.append((self.backend_for(pool), failed))
@@ -196,7 +197,7 @@ class Janitor:
         self._finish_pending()
         if self.heartbeats and now >= self.next_beat:
             self._beat(live_worker_ids, pools)
-            self.next_beat = now + self.beat_interval()
+            self.next_beat = now + self.config.supervisor.beat_interval
             self.last_beat = timezone.now().isoformat()
         if now >= self.next_depth:
             self._measure_queues()
@@ -207,9 +208,6 @@ class Janitor:
                 f"The worker running this task ({{worker_id}}) is no live child of the supervisor of node {self.node}.",
             )
             self.next_sweep = now + SWEEP_INTERVAL
-
-    def beat_interval(self) -> float:
-        return min(15.0, max(1.0, self.config.supervisor.node_timeout / 4))
 
     def _chores_failed(self, now: float, exc: Exception) -> None:
         from django.db import connections
@@ -309,7 +307,9 @@ class Janitor:
 
     def _beat(self, live_worker_ids: set[str], pools: list[str]) -> None:
         backend = self.distinct_backends()[0]
+        sent_at = self.clock()  # the database stamps the beat no earlier: the lease counts from here
         recovery.beat(self.node, pools, self.started_at, backend)
+        self.lease_sent_at = sent_at
         for node in recovery.dead_nodes(self.config.supervisor.node_timeout, self.node):
             log.warning(
                 "Node %s stopped sending heartbeats; recovering its running tasks",

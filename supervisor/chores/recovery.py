@@ -256,8 +256,8 @@ def heartbeats_installed() -> bool:
 
 
 def beat(node: str, pools: list[str], started_at: Any, backend: TaskBackend) -> None:
-    """Record that this node is alive (one row per node)."""
-    from django.utils import timezone
+    """Record that this node is alive (one row per node), stamped with the database's clock."""
+    from django.db.models.functions import Now
 
     from task_supervisor.models import NodeHeartbeat
 
@@ -265,29 +265,34 @@ def beat(node: str, pools: list[str], started_at: Any, backend: TaskBackend) -> 
     with bounded(backend):
         NodeHeartbeat.objects.update_or_create(
             node=node,
-            defaults={"pid": os.getpid(), "pools": pools, "started_at": started_at, "last_seen": timezone.now()},
+            defaults={"pid": os.getpid(), "pools": pools, "started_at": started_at, "last_seen": Now()},
         )
 
 
-def dead_nodes(node_timeout: float, me: str) -> list[str]:
-    """Nodes whose heartbeat is older than ``node_timeout`` seconds (wall clocks kept by NTP)."""
-    from django.utils import timezone
+def _older_than(seconds: float) -> Any:
+    """A filter on heartbeats older than ``seconds`` by the database's clock, never a node's own:
+    a node whose clock is off neither looks dead nor declares others dead."""
+    from django.db.models import Q
+    from django.db.models.functions import Now
 
+    return Q(last_seen__lt=Now() - timedelta(seconds=seconds))
+
+
+def dead_nodes(node_timeout: float, me: str) -> list[str]:
+    """Nodes whose heartbeat is older than ``node_timeout`` seconds."""
     from task_supervisor.models import NodeHeartbeat
 
-    threshold = timezone.now() - timedelta(seconds=node_timeout)
-    return list(NodeHeartbeat.objects.filter(last_seen__lt=threshold).exclude(node=me).values_list("node", flat=True))
+    rows = NodeHeartbeat.objects.filter(_older_than(node_timeout)).exclude(node=me)
+    return list(rows.values_list("node", flat=True))
 
 
 def forget_node(node: str, only_if_older_than: float | None = None) -> None:
     """Remove a node's heartbeat row (its own at a clean exit, or a dead one's once recovered)."""
-    from django.utils import timezone
-
     from task_supervisor.models import NodeHeartbeat
 
     rows = NodeHeartbeat.objects.filter(node=node)
     if only_if_older_than is not None:
-        rows = rows.filter(last_seen__lt=timezone.now() - timedelta(seconds=only_if_older_than))
+        rows = rows.filter(_older_than(only_if_older_than))
     rows.delete()
 
 

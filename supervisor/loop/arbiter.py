@@ -30,7 +30,9 @@ from task_supervisor.compat import TaskBackend
 from task_supervisor.config import Config, ConfigError, PoolConfig, load_config
 from task_supervisor.loop import signals, status
 from task_supervisor.loop.child import Child, ExitReason, describe_status
+from task_supervisor.loop.lease import Lease
 from task_supervisor.loop.limits import Limits
+from task_supervisor.loop.liveness import Liveness
 from task_supervisor.loop.lostpolicy import DeadChild, lost_task
 from task_supervisor.loop.phase import Phase
 from task_supervisor.loop.pool import Pool, Slot, serves
@@ -93,6 +95,9 @@ class Supervisor:
         self.limits = Limits(self.stats, self.calls)
         self.autoscaler = Autoscaler()
         self.janitor = Janitor(config, backends, clock, self.stats, self.rng) if backends else None
+        self.lease = Lease(config.supervisor.node_timeout, enabled=bool(self.janitor and self.janitor.heartbeats))
+        self.lease_seen: float | None = None  # the janitor's last renewal the lease took
+        self.liveness = Liveness(self.stats, self.calls)
         self.wakeups = Wakeups(_listeners(backends or {}), self.selector, lambda: self.pools.values(), clock)
         self.servers: list[endpoints._Server] = []
         self.schedules = schedules  # enabled schedules in settings.PERIODIC_TASKS
@@ -140,7 +145,10 @@ class Supervisor:
         self.handle_signals()
         self.reap_children()
         now = self.clock()
-        self.limits.enforce(now, list(self.children.values()), self.config)
+        children = list(self.children.values())
+        self.limits.enforce(now, children, self.config)
+        self.lease.enforce(now, children)
+        self.liveness.check(now, children, self.config.supervisor.hung_after)
         self.force_stop_deadline(now)
         connecting = self.wakeups.tick(now) if self.phase is Phase.RUNNING else False
         for server in self.servers:
@@ -154,6 +162,15 @@ class Supervisor:
             # One call that may block (each in its time box) per turn, so the endpoints are
             # served between them even while the database hangs.
             self.janitor.tick(now, self.live_worker_ids(), list(self.pools))
+            self.take_renewal()
+
+    def take_renewal(self) -> None:
+        """A heartbeat went through: the lease holds node_timeout from when it was sent."""
+        sent_at = self.janitor.lease_sent_at if self.janitor is not None else None
+        if sent_at is not None and sent_at != self.lease_seen:
+            self.lease_seen = sent_at
+            self.lease.renewed(sent_at)
+            self.lease.hand_down(self.children.values())
 
     def finished(self) -> bool:
         return self.phase is not Phase.RUNNING and not self.children
@@ -222,6 +239,8 @@ class Supervisor:
         moments += [t for server in self.servers if (t := server.next_deadline()) is not None]
         for due in (
             self.limits.next_due(self.children.values(), self.config),
+            self.lease.next_due(now),
+            self.liveness.next_due() if self.children else None,
             self.janitor.next_due() if self.janitor is not None else None,
             self.wakeups.next_due(now),
             self.stop_deadline,
@@ -274,6 +293,8 @@ class Supervisor:
             )
         elif event == protocol.TASK_FINISHED:
             self.on_task_finished(child, message, before, now)
+        elif event == protocol.TASK_FENCED:
+            self.stats.fenced_writes[child.spec.pool] += 1
         elif event == protocol.READY:
             if pool_slot := self.slot_of.get(child.pid):
                 pool_slot[0].ever_up = True
@@ -285,7 +306,7 @@ class Supervisor:
         self.stats.tasks_finished[(pool, status_)] += 1
         if status_ == "FAILED" and before is not None and self.janitor is not None:
             exception = str(message.get("exception", ""))
-            self.janitor.failed(pool, FailedTask(child.spec.worker_id, before.task_id, before.path, exception))
+            self.janitor.task_failed(pool, FailedTask(child.spec.worker_id, before.task_id, before.path, exception))
         if child.recycle_after_task:
             log.info(
                 "Child %s passed max_memory; recycling it after its task",
@@ -503,10 +524,11 @@ class Supervisor:
                 extra={"event": events.DB_ERROR},
             )
         self.janitor.tick(self.clock(), self.live_worker_ids(), list(self.pools))
+        self.take_renewal()
 
     def spawn(self, pool: Pool, slot: Slot, now: float) -> None:
         role = SCHEDULER if pool is self.scheduler else "worker"
-        spec = self.spawner.spec(self.config, pool.config, slot.index, role, self.rng)
+        spec = self.spawner.spec(self.config, pool.config, slot.index, role, self.rng, leased=self.lease.enabled)
         try:
             pid, fd, control_fd = self.spawner.spawn(spec, pool.config.start)
         except OSError as exc:
@@ -525,6 +547,7 @@ class Supervisor:
         self.slot_of[pid] = (pool, slot)
         slot.child = child
         self.selector.register(fd, selectors.EVENT_READ, lambda mask: self.read_reports(child))
+        self.lease.hand_down([child])
         log.info(
             "Started child %s pid=%s", spec.worker_id, pid, extra={**child.log_extra, "event": events.CHILD_STARTED}
         )

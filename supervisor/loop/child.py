@@ -97,6 +97,11 @@ class Child:
         self.killed_for_timeout: RunningTask | None = None
         self.recycle_after_task = False  # passed max_memory while busy
         self.woken_at = 0.0  # monotonic time of the last wake sent
+        self.heard_at = now  # monotonic time of its last report: liveness
+        self.ping_sent_at: float | None = None  # a ping not answered yet
+        self.ping_seq = 0
+        self.stopped_checks = 0  # consecutive liveness checks that found it stopped by the OS
+        self.hung: str | None = None  # why the supervisor found it hung, once it has
 
     def __repr__(self) -> str:
         return f"<Child {self.spec.worker_id} pid={self.pid} {self.state.value}>"
@@ -125,7 +130,11 @@ class Child:
         self, message: dict[str, Any], now: float, timeout_for: Callable[[str], float | None] = lambda path: None
     ) -> None:
         event = message.get("event")
-        if event == protocol.READY:
+        self.heard_at = now
+        if event == protocol.PONG:
+            if message.get("seq") == self.ping_seq:
+                self.ping_sent_at = None
+        elif event == protocol.READY:
             self.ready_at = now
             if self.state is ChildState.STARTING:  # STARTING -> IDLE: booted
                 self.change_state(ChildState.IDLE)

@@ -39,6 +39,14 @@ class ProcessCalls:
         except psutil.Error:
             return None, None
 
+    def state(self, pid: int) -> str | None:
+        """The OS state (psutil.STATUS_*: running, sleeping, stopped ...), or None if unreadable."""
+        try:
+            handle = self._handles.get(pid) or self._handles.setdefault(pid, psutil.Process(pid))
+            return handle.status()
+        except psutil.Error:
+            return None
+
     def forget(self, pid: int) -> None:
         self._handles.pop(pid, None)
 

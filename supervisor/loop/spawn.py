@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from task_supervisor.config import Config, PoolConfig
 from task_supervisor.loop.pool import recycle_after
-from task_supervisor.wire.spec import CHILD_EXIT_CRASHED, ChildSpec, WorkerId
+from task_supervisor.wire.spec import CHILD_EXIT_CRASHED, SCHEDULER, ChildSpec, WorkerId
 from task_supervisor.worker.run import exec_child, prepare_after_fork, run_child
 
 
@@ -26,7 +26,9 @@ class Spawner:
         self.close_in_child = close_in_child
         self.generations: dict[tuple[str, int], int] = {}  # (pool, slot) -> last generation started
 
-    def spec(self, config: Config, pool: PoolConfig, slot: int, role: str, rng: random.Random) -> ChildSpec:
+    def spec(
+        self, config: Config, pool: PoolConfig, slot: int, role: str, rng: random.Random, leased: bool = False
+    ) -> ChildSpec:
         """The next child of a slot: a new generation, so its worker id differs from its predecessors'."""
         key = (pool.name, slot)
         generation = self.generations[key] = self.generations.get(key, 0) + 1
@@ -45,6 +47,7 @@ class Spawner:
             persistent_connections=pool.persistent_connections,
             log_format=config.supervisor.log_format,
             role=role,
+            leased=leased and role != SCHEDULER,
         )
 
     def spawn(self, spec: ChildSpec, start: str) -> tuple[int, int, int]:

@@ -34,6 +34,12 @@ def snapshot(sup: Supervisor, now: float, wall: float) -> dict[str, Any]:
             "last_beat": janitor.last_beat if janitor else None,
             "node_timeout": sup.config.supervisor.node_timeout,
         },
+        "lease": {
+            "enabled": sup.lease.enabled,
+            "held": sup.lease.holds(now),
+            "remaining": sup.lease.remaining(now),
+            "losses": sup.lease.losses,
+        },
         "retries": [
             {"task_id": task_id, "path": path, "attempts": attempts, "next_attempt_at": when}
             for task_id, (path, attempts, when) in (janitor.retries_scheduled.items() if janitor else ())
@@ -81,6 +87,7 @@ def child_snapshot(sup: Supervisor, child: Child, now: float, wall: float) -> di
         "generation": child.spec.generation,
         "started_at": iso(wall - (now - child.started_at)),
         "tasks_done": child.tasks_done,
+        "hung": child.hung,
         "rss": rss,
         "cpu_percent": cpu,
         "task": None

@@ -34,10 +34,16 @@ def readiness(snapshot: Snapshot) -> list[str]:
         reasons.append(f"supervisor is {snapshot['phase']}")
     if not snapshot["database"]["ok"]:
         reasons.append(f"database unreachable: {snapshot['database']['error']}")
+    lease = snapshot.get("lease") or {}
+    if lease.get("enabled") and not lease.get("held"):
+        reasons.append("the node's lease on its running tasks is not renewed (heartbeat failing)")
     for pool in snapshot["pools"]:
         if pool["backing_off"]:
             reason = f": {pool['last_error']}" if pool["last_error"] else ""
             reasons.append(f"pool {pool['name']} is backing off after failures{reason}")
+        for child in pool["children"]:
+            if child.get("hung"):
+                reasons.append(f"child {child['worker_id']} is hung ({child['hung']}); it is being replaced")
     return reasons
 
 
@@ -117,6 +123,23 @@ class SupervisorCollector(Collector):
             ["pool"],
             {(k,): v for k, v in stats.fenced_writes.items()},
         )
+        yield _counter(
+            "task_supervisor_children_hung",
+            "Children found hung (stopped, or silent while idle) and replaced.",
+            ["pool"],
+            {(k,): v for k, v in stats.hung.items()},
+        )
+        lease = snap.get("lease") or {}
+        if lease.get("enabled"):
+            yield _gauge(
+                "task_supervisor_lease_remaining_seconds",
+                "Seconds until this node's running tasks are stopped unless a heartbeat renews its lease.",
+                [],
+                [([], lease["remaining"])],
+            )
+            yield _counter(
+                "task_supervisor_lease_losses", "Times the lease ran out before a renewal.", [], {(): lease["losses"]}
+            )
         yield _counter(
             "task_supervisor_scale_events", "Autoscaling decisions.", ["pool", "direction"], stats.scale_events
         )

@@ -22,6 +22,8 @@ class Stats:
     retries: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     # pool -> finishes a worker did not write: its row was no longer RUNNING under its worker id
     fenced_writes: collections.Counter[str] = field(default_factory=collections.Counter)
+    # pool -> children found hung (stopped by the OS, or silent while idle) and replaced
+    hung: collections.Counter[str] = field(default_factory=collections.Counter)
     # (pool, direction) -> count; direction "up" or "down"
     scale_events: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     # queue -> READY tasks that may run now, and age in seconds of the oldest of them

@@ -17,6 +17,8 @@ READY = "ready"  # booted: Django set up, database answers; db_worker starts pol
 BOOT_FAILED = "boot_failed"  # could not boot; "reason" says why in one line
 TASK_STARTED = "task_started"  # "task_id", "path"
 TASK_FINISHED = "task_finished"  # "task_id", "status"
+PONG = "pong"  # "seq": the answer to a ping on the control pipe
+LEASE_EXPIRED = "lease_expired"  # "task_id": the child stopped its task, its lease ran out
 TASK_FENCED = "task_fenced"  # "task_id", "owner", "status": a finish not written, the row was no longer ours
 # From the scheduler child:
 SLOT_FIRED = "slot_fired"  # "schedule", "slot", "outcome", "lag", "task_id", "next"

@@ -35,6 +35,7 @@ class ChildSpec:
     persistent_connections: bool = True
     log_format: str = "text"
     role: str = "worker"  # or "scheduler": the periodic task scheduler instead of db_worker
+    leased: bool = False  # the node keeps a lease (heartbeats): run and claim only while it holds
 
     def db_worker_argv(self) -> list[str]:
         argv = [

@@ -1,17 +1,30 @@
 """The child's end of the control pipe (format in ``task_supervisor.wire.control``): reads the
-supervisor's lines, raises TaskTimeout in the running task, and sleeps interruptibly.
+supervisor's lines, raises TaskTimeout or LeaseExpired in the running task, answers pings, holds
+the node's lease, and sleeps interruptibly.
+
+The lease is the child's own guard for when its supervisor cannot act (frozen, stopped, a VM
+paused): while a task runs, SIGALRM is armed for the moment the lease it last heard of stops
+covering tasks. If no renewal came by then, LeaseExpired is raised inside the task, and the
+alarm is re-armed with its default action, which ends the process LEASE_GRACE later whatever the
+task is doing. No claim is made without a lease (``lease_valid``, checked by rowguard), and no
+verdict is written without one (the fence).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
 import time
 from typing import Any
 
-from task_supervisor.exceptions import TaskTimeout
-from task_supervisor.wire.control import TIMEOUT_SIGNAL
+from task_supervisor import events
+from task_supervisor.exceptions import LeaseExpired, TaskTimeout
+from task_supervisor.wire import protocol
+from task_supervisor.wire.control import LEASE_GRACE, LEASE_MARGIN, TIMEOUT_SIGNAL
+
+log = logging.getLogger("task_supervisor.worker")
 
 
 class CurrentTask:
@@ -24,9 +37,14 @@ class CurrentTask:
 class ControlChannel:
     """Child side: reads the pipe, raises timeouts, and sleeps interruptibly."""
 
-    def __init__(self, fd: int, current: CurrentTask) -> None:
+    def __init__(
+        self, fd: int, current: CurrentTask, reporter: protocol.Reporter | None = None, leased: bool = False
+    ) -> None:
         self.fd = fd
         self.current = current
+        self.reporter = reporter or protocol.Reporter(-1)
+        self.leased = leased  # False when the node keeps no heartbeat: no lease to hold
+        self.lease_until: float | None = None  # monotonic seconds, as last heard
         self.pending = bytearray()
         os.set_blocking(fd, False)
 
@@ -40,21 +58,73 @@ class ControlChannel:
         self.pending[:] = rest
         return [line.decode() for line in lines]
 
-    def _handle(self, lines: list[str]) -> bool:
-        """Raise TaskTimeout if one names the running task; True if there was a wake."""
+    def _handle(self, lines: list[str], raising: bool = True) -> bool:
+        """Raise TaskTimeout or LeaseExpired if one is for the running task (when ``raising``);
+        True if there was a wake."""
         woken = False
         for line in lines:
-            if line == "wake":
+            word, _, rest = line.partition(" ")
+            if word == "wake":
                 woken = True
-            elif line.startswith("timeout "):
-                _, task_id, seconds = line.split(" ", 2)
+            elif word == "lease":
+                self.lease_until = float(rest)
+            elif word == "ping":
+                self.reporter.send(protocol.PONG, seq=int(rest))
+            elif word == "timeout" and raising:
+                task_id, _, seconds = rest.partition(" ")
                 # A late notice for a task that already finished is ignored.
                 if task_id == self.current.task_id:
                     raise TaskTimeout(f"Task {self.current.path} ran past its timeout of {seconds}s.")
+            elif word == "lease-lost" and raising and self.current.task_id is not None:
+                self.lease_expired("its supervisor could not renew the node's lease")
         return woken
 
     def on_timeout_signal(self, signum: int, frame: Any) -> None:
         self._handle(self._lines())
+
+    # -- the lease -------------------------------------------------------------------------
+
+    def lease_valid(self) -> bool:
+        """May this child claim or finish a task now? Reads renewals first; raises nothing."""
+        self._handle(self._lines(), raising=False)
+        if not self.leased:
+            return True
+        return self.lease_until is not None and time.monotonic() < self.lease_until - LEASE_MARGIN
+
+    def task_started(self) -> None:
+        if self.leased:
+            signal.signal(signal.SIGALRM, self.on_alarm)
+            self._arm()
+
+    def task_finished(self) -> None:
+        if self.leased:
+            signal.setitimer(signal.ITIMER_REAL, 0)  # also calls off a pending hard stop
+            signal.signal(signal.SIGALRM, signal.SIG_IGN)
+
+    def _arm(self) -> None:
+        left = (self.lease_until or 0.0) - LEASE_MARGIN - time.monotonic()
+        signal.setitimer(signal.ITIMER_REAL, max(0.001, left))
+
+    def on_alarm(self, signum: int, frame: Any) -> None:
+        self._handle(self._lines())
+        if self.lease_until is not None and time.monotonic() < self.lease_until - LEASE_MARGIN:
+            self._arm()  # renewed in the meantime
+        elif self.current.task_id is not None:
+            self.lease_expired("no renewal of the node's lease reached this worker (its supervisor frozen?)")
+
+    def lease_expired(self, why: str) -> None:
+        """Stop the running task now; if it has not stopped LEASE_GRACE later, the kernel ends us."""
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, LEASE_GRACE)
+        task_id = self.current.task_id
+        log.error(
+            "Task %s stopped: %s",
+            task_id,
+            why,
+            extra={"event": events.LEASE_EXPIRED, "task_id": task_id, "pid": os.getpid()},
+        )
+        self.reporter.send(protocol.LEASE_EXPIRED, task_id=task_id)
+        raise LeaseExpired(f"Task {self.current.path} was stopped: {why}.")
 
     def sleep(self, seconds: float) -> None:
         """db_worker's wait between polls, cut short by a wake."""

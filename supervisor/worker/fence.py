@@ -54,10 +54,21 @@ class Holder:
         return cls(str(status), owner)
 
 
+NO_LEASE = Holder("RUNNING", None)  # the refusal when the worker's own lease has run out
+
+
 class Fence:
     """One worker's claim on the rows it runs, checked before each verdict it writes."""
 
-    def __init__(self, backend: TaskBackend, worker_id: str, reporter: protocol.Reporter, log_extra: dict) -> None:
+    def __init__(
+        self,
+        backend: TaskBackend,
+        worker_id: str,
+        reporter: protocol.Reporter,
+        log_extra: dict,
+        lease_valid: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.lease_valid = lease_valid
         self.model = backend.model
         self.worker_id = worker_id
         self.reporter = reporter
@@ -92,6 +103,10 @@ class Fence:
 
         def fenced_save(*args: Any, **kwargs: Any) -> None:
             refused.clear()  # the backend's retry may call us again after a database error
+            if not self.lease_valid():
+                # Another node may recover the row by now, or soon: its verdict is theirs to write.
+                refused.append(NO_LEASE)
+                return
             using = kwargs.get("using") or router.db_for_write(type(row), instance=row)
             with self.exclusive_transaction(using):
                 holder = Holder.read(self.model, row.pk, using)
@@ -104,9 +119,14 @@ class Fence:
 
     def refused(self, row: Any, holder: Holder) -> None:
         task_id = str(row.pk)
-        where = "gone" if holder.status is None else f"{holder.status} under {holder.owner or 'no worker'}"
+        if holder is NO_LEASE:
+            where = "left RUNNING for recovery: this worker's lease ran out"
+        elif holder.status is None:
+            where = "gone"
+        else:
+            where = f"{holder.status} under {holder.owner or 'no worker'}"
         log.warning(
-            "Task %s finished on worker %s, but its row is now %s: nothing was written",
+            "Task %s finished on worker %s, but its row is %s: nothing was written",
             task_id,
             self.worker_id,
             where,
@@ -127,9 +147,17 @@ def _fields(row: Any) -> dict[str, Any]:
     return {name: value for name, value in vars(row).items() if name in names}
 
 
-def install(backend: TaskBackend, worker_id: str, reporter: protocol.Reporter, pool: str = "", slot: int = 0) -> Fence:
-    """Fence the backend's finishing methods for this worker; installing again replaces the fence."""
-    fence = Fence(backend, worker_id, reporter, {"pool": pool, "slot": slot, "pid": os.getpid()})
+def install(
+    backend: TaskBackend,
+    worker_id: str,
+    reporter: protocol.Reporter,
+    pool: str = "",
+    slot: int = 0,
+    lease_valid: Callable[[], bool] = lambda: True,
+) -> Fence:
+    """Fence the backend's finishing methods for this worker; installing again replaces the fence.
+    No verdict is written either while the worker's lease does not hold (``lease_valid``)."""
+    fence = Fence(backend, worker_id, reporter, {"pool": pool, "slot": slot, "pid": os.getpid()}, lease_valid)
     for name in FINISHING_METHODS:
         method = getattr(backend.model, name, None)
         if method is not None:

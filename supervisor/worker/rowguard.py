@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from task_supervisor import events
@@ -25,14 +26,17 @@ log = logging.getLogger("task_supervisor.worker")
 MAX_SKIPPED = 10  # unrunnable rows failed per pick, before letting db_worker poll again
 
 
-def install(model: Any) -> None:
-    """Wrap ``get_locked`` of the model's queryset class, once per process."""
+def install(model: Any, may_claim: Callable[[], bool] = lambda: True) -> None:
+    """Wrap ``get_locked`` of the model's queryset class; installing again replaces the guard.
+
+    ``may_claim`` is asked first: while the node's lease does not hold, nothing is claimed.
+    """
     queryset_class = type(model.objects.get_queryset())
-    original = queryset_class.get_locked
-    if getattr(original, "task_supervisor_guarded", False):
-        return
+    original = getattr(queryset_class.get_locked, "task_supervisor_unguarded", queryset_class.get_locked)
 
     def get_locked(self: Any) -> Any:
+        if not may_claim():
+            return None
         for _ in range(MAX_SKIPPED):
             row = original(self)
             if row is None:
@@ -43,7 +47,7 @@ def install(model: Any) -> None:
             fail(model, row, error)
         return None
 
-    get_locked.task_supervisor_guarded = True  # type: ignore[attr-defined]
+    get_locked.task_supervisor_unguarded = original  # type: ignore[attr-defined]
     queryset_class.get_locked = get_locked
 
 

@@ -93,11 +93,12 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
         return CHILD_EXIT_BOOT_FAILED
     if spec.log_format == "json":
         _json_task_logs(backend)
-    rowguard.install(backend.model)
-    fence.install(backend, spec.worker_id, reporter, spec.pool, spec.slot)
-    current = _hook_signals(backend, reporter, spec)
+    channel = ControlChannel(control_fd, CurrentTask(), reporter, leased=spec.leased)
+    rowguard.install(backend.model, may_claim=channel.lease_valid)
+    fence.install(backend, spec.worker_id, reporter, spec.pool, spec.slot, lease_valid=channel.lease_valid)
+    _hook_signals(backend, reporter, spec, channel)
     worker_module = importlib.import_module(backend.worker_command)
-    ControlChannel(control_fd, current).install(worker_module)
+    channel.install(worker_module)
     proctitle.set_title(f"task-supervisor: {spec.pool}[{spec.slot}] idle")
     reporter.send(protocol.READY, pid=os.getpid())
     command = worker_module.Command()
@@ -149,20 +150,22 @@ def _boot_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {one_line(exc)}"[:500]
 
 
-def _hook_signals(backend: Any, reporter: protocol.Reporter, spec: ChildSpec) -> CurrentTask:
+def _hook_signals(backend: Any, reporter: protocol.Reporter, spec: ChildSpec, channel: ControlChannel) -> None:
     from task_supervisor.worker import proctitle
 
-    current = CurrentTask()
+    current = channel.current
 
     def started(sender: Any, task_result: Any, **kwargs: Any) -> None:
         path = _task_path(task_result)
         current.task_id, current.path = str(task_result.id), path
         reporter.send(protocol.TASK_STARTED, task_id=str(task_result.id), path=path)
+        channel.task_started()
         proctitle.set_title(f"task-supervisor: {spec.pool}[{spec.slot}] {path} {task_result.id}")
 
     def finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
         status = getattr(task_result.status, "value", task_result.status)
         current.task_id = None
+        channel.task_finished()
         reporter.send(
             protocol.TASK_FINISHED,
             task_id=str(task_result.id),
@@ -174,7 +177,6 @@ def _hook_signals(backend: Any, reporter: protocol.Reporter, spec: ChildSpec) ->
     # weak=False: the receivers are closures that nothing else keeps alive.
     backend.signals.task_started.connect(started, weak=False, dispatch_uid="task_supervisor_started")
     backend.signals.task_finished.connect(finished, weak=False, dispatch_uid="task_supervisor_finished")
-    return current
 
 
 def _exception_path(task_result: Any) -> str:

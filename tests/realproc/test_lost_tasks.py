@@ -203,7 +203,7 @@ def test_running_rows_of_a_dead_node_are_recovered(supervisor, db):
 
     stale_heartbeat("ghost")
     lost = fake_running("ghost:default:0:1")
-    sup = supervisor(config_toml(ONE_POOL, extra='node_timeout = "5s"'))
+    sup = supervisor(config_toml(ONE_POOL, extra='node_timeout = "10s"'))
     failed = wait_finished(lost)
     assert failed.exception_class_path == LOST_CLASS
     assert "belonged to node ghost" in failed.traceback
@@ -218,8 +218,8 @@ def test_two_supervisors_racing_for_a_dead_node_handle_each_row_once(supervisor,
     stale_heartbeat("ghost")
     lost = [fake_running(f"ghost:default:{i}:1") for i in range(20)]
     text = ONE_POOL.replace('interval = "100ms"', 'queues = ["nothing"]')
-    a = supervisor(config_toml(text, node="node-a", extra='node_timeout = "5s"'))
-    b = supervisor(config_toml(text, node="node-b", extra='node_timeout = "5s"'))
+    a = supervisor(config_toml(text, node="node-a", extra='node_timeout = "10s"'))
+    b = supervisor(config_toml(text, node="node-b", extra='node_timeout = "10s"'))
     for result in lost:
         wait_finished(result)
     handled = [r["task_id"] for sup in (a, b) for r in sup.events(events.TASK_LOST_HANDLED, status="FAILED")]

@@ -200,3 +200,18 @@ def test_a_pool_has_at_most_999_children(tmp_path):
     path.write_text('[django]\nsettings = "s"\n[pools.default]\nprocesses = { min = 1, max = 5000 }\n')
     with pytest.raises(ConfigError, match="at most 999 children per pool"):
         load_config(path)
+
+
+def test_node_timeout_must_leave_room_for_the_lease(tmp_path):
+    (problem,) = problems(tmp_path, '[django]\nsettings = "x.settings"\n[supervisor]\nnode_timeout = "8s"\n')
+    assert problem.startswith("supervisor.node_timeout must be at least 10s, got 8s")
+    assert "two heartbeats must fit" in problem
+    config = load_config(write(tmp_path, '[django]\nsettings = "x.settings"\n[supervisor]\nnode_timeout = "10s"\n'))
+    assert config.supervisor.beat_interval == 2.5
+    assert load_config(write(tmp_path, '[django]\nsettings = "x.settings"\n')).supervisor.beat_interval == 15.0
+
+
+def test_hung_after(tmp_path):
+    text = '[django]\nsettings = "x.settings"\n[supervisor]\nhung_after = "%s"\n'
+    assert load_config(write(tmp_path, text % "45s")).supervisor.hung_after == 45.0
+    assert problems(tmp_path, text % "0.5s") == ["supervisor.hung_after must be at least 1s, got 0.5s."]

@@ -121,6 +121,7 @@ CONFIG = {
             "graceful_timeout": durations,
             "http": addresses,
             "node_timeout": durations,
+            "hung_after": durations,
             "control_socket": text,
             "log_format": st.sampled_from([*LOG_FORMATS, "xml"]),
         }

@@ -86,6 +86,7 @@ class FakeCalls(ProcessCalls):
         self.exited: list[tuple[int, int]] = []
         self.children: dict[int, FakeChild] = {}
         self.rss: dict[int, int] = {}
+        self.states: dict[int, str] = {}
 
     def reap(self) -> tuple[int, int] | None:
         return self.exited.pop(0) if self.exited else None
@@ -98,6 +99,9 @@ class FakeCalls(ProcessCalls):
 
     def usage(self, pid: int) -> tuple[int | None, float | None]:
         return self.rss.get(pid, 50 << 20), 0.0
+
+    def state(self, pid: int) -> str | None:
+        return self.states.get(pid, "sleeping")
 
     def sleep(self, seconds: float) -> None:
         self.clock.advance(seconds)
@@ -130,14 +134,13 @@ class FakeJanitor:
         self.failed_tasks: list[Any] = []
         self.db_ok, self.db_error, self.heartbeats, self.last_beat = True, None, False, None
         self.retries_scheduled: dict[str, Any] = {}
+        self.lease_sent_at: float | None = None
 
     def lost(self, pool: str, lost: LostTask) -> None:
         self.lost_tasks.append((pool, lost))
 
-    def failed(self, pool: str, failed: Any) -> None:
+    def task_failed(self, pool: str, failed: Any) -> None:
         self.failed_tasks.append((pool, failed))
-
-    task_failed = failed
 
     def tick(self, now: float, live: set[str], pools: list[str]) -> None:
         pass
@@ -539,3 +542,88 @@ def test_reload_plan():
     actions = {change.name: change.action for change in plan({"a": a, "b": b, "c": c}, new)}
     assert actions == {"a": Action.RESIZE, "b": Action.ROLL, "c": Action.REMOVE, "d": Action.ADD}
     assert [change.action for change in plan({"a": a}, {"a": a})] == [Action.KEEP]
+
+
+# -- leases and liveness ---------------------------------------------------------------------
+
+from task_supervisor.loop.lease import Lease  # noqa: E402
+from task_supervisor.loop.liveness import PING_INTERVAL  # noqa: E402
+from task_supervisor.observe.exposition import readiness  # noqa: E402
+from task_supervisor.wire.control import LEASE_GRACE, LEASE_MARGIN  # noqa: E402
+
+
+def leased_loop(make_loop, pools: str = ONE) -> Loop:
+    loop = make_loop(pools)
+    loop.sup.lease = Lease(20.0, enabled=True)
+    loop.janitor.lease_sent_at = loop.clock.now
+    return loop
+
+
+def test_the_lease_is_handed_to_children_and_stops_their_tasks_when_not_renewed(make_loop, caplog):
+    loop = leased_loop(make_loop)
+    loop.turn()
+    child = loop.live()[0].ready()
+    assert child.spec.leased
+    until = loop.clock.now + 20.0
+    assert child.control_lines() == [f"lease {until!r}"]
+    child.start_task("t1")
+    loop.turn(10)
+    assert readiness(loop.sup.snapshot()) == []
+    loop.turn(20 - 10 - LEASE_MARGIN)  # the lease stops covering tasks: notice first
+    assert child.control_lines() == ["lease-lost"] and child.signals == [signal.SIGUSR1]
+    assert events_of(caplog, events.LEASE_LOST)
+    assert any("lease" in reason for reason in readiness(loop.sup.snapshot()))
+    loop.turn(LEASE_GRACE)  # then the child, still running it, is killed
+    assert child.signals[-1] == signal.SIGKILL
+    assert loop.clock.now < until  # before anyone else may recover the row
+    loop.turn()
+    ((_, lost),) = loop.janitor.lost_tasks
+    assert "lease ran out" in lost.message and "out of memory" not in lost.message
+
+
+def test_a_renewed_lease_reaches_every_child_and_idle_children_are_left_alone(make_loop, caplog):
+    loop = leased_loop(make_loop, TWO)
+    loop.turn()
+    children = [c.ready() for c in loop.live()]
+    for child in children:
+        child.control_lines()
+    loop.turn(20)  # lease lost while idle: no task to stop, no child killed
+    assert all(c.signals == [] for c in children) and events_of(caplog, events.LEASE_LOST)
+    loop.janitor.lease_sent_at = loop.clock.now  # a heartbeat went through again
+    loop.turn()
+    assert all(c.control_lines() == [f"lease {loop.clock.now + 20.0!r}"] for c in children)
+    assert events_of(caplog, events.LEASE_RENEWED) and loop.sup.snapshot()["lease"]["held"]
+
+
+def test_an_idle_child_that_does_not_answer_pings_is_replaced(make_loop, caplog):
+    loop = make_loop(ONE, supervisor='hung_after = "10s"')
+    loop.turn()
+    child = loop.live()[0].ready()
+    loop.turn(PING_INTERVAL)
+    loop.turn(PING_INTERVAL)
+    (ping,) = child.control_lines()
+    child.say(protocol.PONG, seq=int(ping.split()[1]))  # answered: fine
+    loop.turn()
+    loop.turn(PING_INTERVAL)
+    (ping,) = child.control_lines()  # the next ping, never answered
+    loop.turn(9.9)
+    assert child.signals == []
+    loop.turn(1.0)  # checks are a second apart
+    assert child.signals == [signal.SIGKILL] and events_of(caplog, events.CHILD_HUNG)
+    assert loop.sup.stats.hung["default"] == 1
+    loop.turn()
+    assert len(loop.live()) == 1 and loop.live()[0] is not child
+
+
+def test_a_stopped_child_is_replaced_busy_or_idle(make_loop, caplog):
+    loop = make_loop(TWO)
+    loop.turn()
+    busy, idle = (c.ready() for c in loop.live())
+    busy.start_task()
+    loop.turn()
+    loop.calls.states = {busy.pid: "stopped", idle.pid: "stopped"}
+    loop.turn(1)
+    assert any(c["hung"] is None for p in loop.sup.snapshot()["pools"] for c in p["children"])
+    loop.turn(1)  # stopped at two checks in a row
+    assert busy.signals == idle.signals == [signal.SIGKILL]
+    assert len(events_of(caplog, events.CHILD_HUNG)) == 2

@@ -55,7 +55,7 @@ def pid() -> int:
 
 @task()
 def argv0() -> str:
-    """The child's sys.argv[0]: worker.py in an exec'd child, the supervisor's in a forked one."""
+    """The child's sys.argv[0]: worker/__main__.py in an exec'd child, the supervisor's in a forked one."""
     import sys
 
     return sys.argv[0]
