@@ -21,8 +21,9 @@ from typing import Any
 from task_supervisor.wire.control import LEASE_MARGIN
 
 WORKER_ID_MAX_LENGTH = 64  # db_worker refuses longer worker ids
-# Worker ids are node:pool:slot:generation; leave room for slot and generation digits.
-_WORKER_ID_SUFFIX_RESERVE = len(":999:999999")
+# Worker ids are node:pool:slot:generation; leave room for slot and generation digits (the
+# generation counts from the wall clock in tenths of a second: 11 digits until 2286).
+_WORKER_ID_SUFFIX_RESERVE = len(":999:") + 11
 
 START_METHODS = ("fork", "exec")
 MAX_PROCESSES = 999  # children per pool: worker ids reserve 3 digits for the slot

@@ -7,6 +7,7 @@ import os
 import random
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from task_supervisor.config import Config, PoolConfig
@@ -22,16 +23,25 @@ class ForkWithThreadsError(RuntimeError):
 class Spawner:
     """Forks children; ``close_in_child`` closes the supervisor's own descriptors in each."""
 
-    def __init__(self, close_in_child: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, close_in_child: Callable[[], None] = lambda: None, wall: Callable[[], float] = time.time
+    ) -> None:
         self.close_in_child = close_in_child
+        self.wall = wall
         self.generations: dict[tuple[str, int], int] = {}  # (pool, slot) -> last generation started
 
     def spec(
         self, config: Config, pool: PoolConfig, slot: int, role: str, rng: random.Random, leased: bool = False
     ) -> ChildSpec:
-        """The next child of a slot: a new generation, so its worker id differs from its predecessors'."""
+        """The next child of a slot: a new generation, so its worker id differs from every earlier one's.
+
+        Generations count up from the wall clock in tenths of a second, so a worker id never
+        repeats across the supervisor's restarts either: an orphan of an earlier incarnation still
+        finishing its task can never pass the fence of a new child (or be mistaken for it).
+        """
         key = (pool.name, slot)
-        generation = self.generations[key] = self.generations.get(key, 0) + 1
+        generation = max(self.generations.get(key, 0) + 1, int(self.wall() * 10))
+        self.generations[key] = generation
         return ChildSpec(
             pool=pool.name,
             slot=slot,

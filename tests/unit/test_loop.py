@@ -109,7 +109,7 @@ class FakeCalls(ProcessCalls):
 
 class FakeSpawner(Spawner):
     def __init__(self, calls: FakeCalls) -> None:
-        super().__init__()
+        super().__init__(wall=lambda: 0.0)  # generations 1, 2, ... instead of from the clock
         self.calls = calls
         self.next_pid = 5000
         self.started: list[FakeChild] = []
@@ -627,3 +627,17 @@ def test_a_stopped_child_is_replaced_busy_or_idle(make_loop, caplog):
     loop.turn(1)  # stopped at two checks in a row
     assert busy.signals == idle.signals == [signal.SIGKILL]
     assert len(events_of(caplog, events.CHILD_HUNG)) == 2
+
+
+def test_worker_ids_never_repeat_across_restarts_of_the_supervisor(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[django]\nsettings = "x.settings"\n[supervisor]\nnode = "n1"\n[pools.default]\n')
+    config = load_config(path)
+    pool = config.pools["default"]
+    rng = __import__("random").Random(1)
+    first = Spawner(wall=lambda: 1_700_000_000.0)
+    ids = [first.spec(config, pool, 0, "worker", rng).worker_id for _ in range(3)]
+    assert ids == [f"n1:default:0:{17_000_000_000 + n}" for n in range(3)]
+    restarted = Spawner(wall=lambda: 1_700_000_001.0)  # the next incarnation, booted a second later
+    assert restarted.spec(config, pool, 0, "worker", rng).worker_id == "n1:default:0:17000000010"
+    assert len(ids[0]) <= 64
