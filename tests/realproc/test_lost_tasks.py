@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 from task_supervisor import events, exitcodes
+from task_supervisor.wire.spec import WorkerId
 from tests.realproc.test_supervision import ONE_POOL, rows, wait_status
 from tests.support import config_toml, wait_until
 
@@ -40,7 +41,7 @@ def test_soft_timeout_fails_the_task_and_the_child_goes_on(supervisor, db, tmp_p
     assert "time.sleep(seconds)" in failed.traceback  # raised inside the task itself
     after = tasks.add.enqueue(1, 1)
     wait_status(after, "SUCCESSFUL")
-    assert row(after).worker_ids == ["testnode:default:0:1"]  # same child, not a new one
+    assert row(after).worker_ids == row(result).worker_ids  # same child, not a new one
     assert sup.has_event(events.TASK_TIMEOUT, task_id=str(result.id))
     assert not sup.has_event(events.TASK_TIMEOUT_KILL)
 
@@ -118,7 +119,8 @@ def test_kill_9_with_requeue_policy_runs_the_task_again(supervisor, db, tmp_path
     marker.unlink()
     os.kill(pid, signal.SIGKILL)
     done = wait_finished(result, "SUCCESSFUL")
-    assert done.worker_ids == ["testnode:default:0:1", "testnode:default:0:2"]
+    first, second = (WorkerId.parse(w) for w in done.worker_ids)  # the same slot, a new generation
+    assert (first.slot, second.slot) == (0, 0) and second.generation > first.generation
 
 
 def test_requeue_stops_at_max_attempts(supervisor, db, tmp_path):

@@ -73,7 +73,7 @@ def test_endpoints_status_and_metrics_while_a_task_runs(supervisor, db, tmp_path
     snapshot = json.loads(status(sup.config_path, "--json").stdout)
     (child,) = snapshot["pools"][0]["children"]
     assert child["state"] == "busy" and child["task"]["id"] == str(running.id)
-    assert child["worker_id"] == "testnode:default:0:1" and child["rss"] > 0
+    assert child["worker_id"].startswith("testnode:default:0:") and child["rss"] > 0
 
     wait_status(running, "SUCCESSFUL")
     code, body = get(port, "/metrics")
