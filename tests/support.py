@@ -25,7 +25,7 @@ PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 PG_USER = "postgres"
 JSON_LOGS = 'log_format = "json"'
-# Keys of a JSON log record shown as its context in a readable tail; the rest are its line.
+# Keys of a JSON log record that make up its line in a readable tail; the others show as its context.
 _LINE_KEYS = ("time", "level", "logger", "message", "exc_info", "process")
 _MISSING = object()
 
