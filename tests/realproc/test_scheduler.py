@@ -16,7 +16,7 @@ import sys
 import psutil
 import pytest
 
-from task_supervisor import exitcodes
+from task_supervisor import events, exitcodes
 from tests.realproc.test_observe import get, observed, status
 from tests.realproc.test_supervision import ONE_POOL, wait_status
 from tests.support import PROJECT, SupervisorProcess, config_toml, wait_until
@@ -88,7 +88,7 @@ def test_a_crashed_scheduler_is_restarted_without_losing_or_doubling_slots(super
     wait_runs("tick", 2)
     first = scheduler_child(sup)
     first.send_signal(signal.SIGKILL)
-    sup.wait_log("Child testnode:scheduler:0:1 killed by SIGKILL")
+    sup.wait_event(events.CHILD_CRASHED, pool="scheduler")
     second = scheduler_child(sup)
     assert second.pid != first.pid
     before = len(runs("tick"))
@@ -117,13 +117,27 @@ def test_three_supervisors_share_schedules_with_exactly_one_task_per_slot(superv
     fast, slow = runs("fast"), runs("slow")
     assert_consecutive([r.slot for r in fast])
     assert_consecutive([r.slot for r in slow], 2 * SECOND)
-    for found, path in ((fast, "tsapp.tasks.noop"), (slow, "tsapp.tasks.add")):
+    paths = {"tsapp.tasks.noop": fast, "tsapp.tasks.add": slow}
+    for path, found in paths.items():
         ids = [r.task_result_id for r in found]
         rows = task_rows(path)
         assert len(rows) == len(ids) == len(set(ids)), (len(rows), len(ids))
         assert {str(r.id) for r in rows} == set(ids)
-        assert all(r.status == "SUCCESSFUL" for r in rows)
+        # A slot fired just before the drain may wait READY: draining children start no new task
+        # (on a loaded machine the claim can lag the slot by more than the time left). Nothing
+        # is left RUNNING or FAILED.
+        assert {r.status for r in rows} <= {"SUCCESSFUL", "READY"}, [(r.id, r.status) for r in rows]
     assert len({r.node for r in fast + slow}) >= 2, "one replica fired every slot; the others never raced"
+
+    # The next supervisor, with no schedule, runs what waits: every slot's task runs.
+    supervisor(config_toml(ONE_POOL, node="replica3"))
+    for path, found in paths.items():
+        wait_until(
+            lambda path=path: {r.status for r in task_rows(path)} == {"SUCCESSFUL"},
+            30,
+            message=lambda path=path: f"every {path} SUCCESSFUL, have {sorted(r.status for r in task_rows(path))}",
+        )
+        assert len(task_rows(path)) == len(found)
 
 
 def test_overlap_skip_waits_for_the_previous_run(supervisor, db, tmp_path):
