@@ -81,9 +81,11 @@ def test_crashed_child_is_replaced(supervisor, db):
     os.kill(first["pid"], signal.SIGKILL)
     sup.wait_event(events.CHILD_CRASHED, pool="default", slot=0, pid=first["pid"])
     sup.wait_event(events.CHILD_STARTED, pool="default", slot=0, count=2)
+    second = sup.wait_ready("default", 0)
+    assert second["pid"] != first["pid"] and second["worker_id"] != first["worker_id"]
     result = tasks.add.enqueue(2, 3)
     wait_status(result, "SUCCESSFUL")
-    assert rows().get(id=result.id).worker_ids == ["testnode:default:0:2"]
+    assert rows().get(id=result.id).worker_ids == [second["worker_id"]]
 
 
 def test_child_exiting_mid_task_is_replaced(supervisor, db):
