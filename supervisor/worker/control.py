@@ -8,6 +8,13 @@ covering tasks. If no renewal came by then, LeaseExpired is raised inside the ta
 alarm is re-armed with its default action, which ends the process LEASE_GRACE later whatever the
 task is doing. No claim is made without a lease (``lease_valid``, checked by rowguard), and no
 verdict is written without one (the fence).
+
+A verdict refused for want of the lease leaves the row RUNNING under this worker's id, and the
+worker then exits instead of reporting the task finished (``task_finished``): its supervisor
+records the row by the pool's on_worker_lost, with the conditional update that leaves it alone if
+another node recovered it first. Were the worker to live on, a lease renewed before any other
+node may recover the row (a short partition or freeze) would strand it RUNNING for good: the
+sweep never takes a live worker's row, and no other node sees the node dead.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import logging
 import os
 import select
 import signal
+import sys
 import time
 from typing import Any
 
@@ -23,6 +31,7 @@ from task_supervisor import events
 from task_supervisor.exceptions import LeaseExpired, TaskTimeout
 from task_supervisor.wire import protocol
 from task_supervisor.wire.control import LEASE_GRACE, LEASE_MARGIN, TIMEOUT_SIGNAL
+from task_supervisor.wire.spec import CHILD_EXIT_CRASHED
 
 log = logging.getLogger("task_supervisor.worker")
 
@@ -45,6 +54,8 @@ class ControlChannel:
         self.reporter = reporter or protocol.Reporter(-1)
         self.leased = leased  # False when the node keeps no heartbeat: no lease to hold
         self.lease_until: float | None = None  # monotonic seconds, as last heard
+        self.stopping = False  # LeaseExpired was raised in the running task: never twice
+        self.stranded = False  # the running task's verdict was refused for want of the lease
         self.pending = bytearray()
         os.set_blocking(fd, False)
 
@@ -75,7 +86,9 @@ class ControlChannel:
                 # A late notice for a task that already finished is ignored.
                 if task_id == self.current.task_id:
                     raise TaskTimeout(f"Task {self.current.path} ran past its timeout of {seconds}s.")
-            elif word == "lease-lost" and raising and self.current.task_id is not None:
+            elif word == "lease-lost" and raising and self.current.task_id is not None and not self.stopping:
+                # Once per task: the child's own alarm and the supervisor's notice come at the same
+                # moment, and a second raise would land in the task's clean-up or in db_worker.
                 self.lease_expired("its supervisor could not renew the node's lease")
         return woken
 
@@ -89,14 +102,26 @@ class ControlChannel:
         self._handle(self._lines(), raising=False)
         if not self.leased:
             return True
-        return self.lease_until is not None and time.monotonic() < self.lease_until - LEASE_MARGIN
+        valid = self.lease_until is not None and time.monotonic() < self.lease_until - LEASE_MARGIN
+        if not valid and self.current.task_id is not None:
+            self.stranded = True  # asked mid-task, by the fence: the verdict is not written
+        return valid
 
     def task_started(self) -> None:
+        self.stopping = self.stranded = False
         if self.leased:
             signal.signal(signal.SIGALRM, self.on_alarm)
             self._arm()
 
     def task_finished(self) -> None:
+        """Called before the task is reported finished. If its row was left RUNNING for want of
+        the lease, the process ends here, so the supervisor records the row as a dead worker's."""
+        if self.stranded:
+            # At once, not by SystemExit: db_worker would catch that as the task's failure and
+            # try to write it. The fence logged task_fenced; the supervisor logs the exit.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(CHILD_EXIT_CRASHED)
         if self.leased:
             signal.setitimer(signal.ITIMER_REAL, 0)  # also calls off a pending hard stop
             signal.signal(signal.SIGALRM, signal.SIG_IGN)
@@ -109,11 +134,12 @@ class ControlChannel:
         self._handle(self._lines())
         if self.lease_until is not None and time.monotonic() < self.lease_until - LEASE_MARGIN:
             self._arm()  # renewed in the meantime
-        elif self.current.task_id is not None:
+        elif self.current.task_id is not None and not self.stopping:
             self.lease_expired("no renewal of the node's lease reached this worker (its supervisor frozen?)")
 
     def lease_expired(self, why: str) -> None:
         """Stop the running task now; if it has not stopped LEASE_GRACE later, the kernel ends us."""
+        self.stopping = True
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.setitimer(signal.ITIMER_REAL, LEASE_GRACE)
         task_id = self.current.task_id

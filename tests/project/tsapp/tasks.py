@@ -149,3 +149,23 @@ def hold(marker: str, release: str, timeout: float = 60.0) -> str:
     if Path(release).read_text() == "fail":
         raise ValueError("told to fail")
     return "held"
+
+
+def _stamp(path: str, word: str) -> None:
+    with open(path, "a") as runs:
+        runs.write(f"{word} {os.getpid()} {time.time():.6f} {time.monotonic():.6f}\n")
+
+
+@task()
+def interval_task(path: str, seconds: float, rerun_seconds: float | None = None) -> str:
+    """Append "start <pid> <wall> <monotonic>" to ``path``, sleep, and "end ..." however the run
+    ends: the never-twice tests read from the file when each execution ran. Whatever stops it
+    (LeaseExpired, TaskTimeout) propagates; only the end line is written first. A run that finds
+    the file there already (a rerun) sleeps ``rerun_seconds`` when given."""
+    rerun = rerun_seconds is not None and Path(path).exists()
+    _stamp(path, "start")
+    try:
+        time.sleep(rerun_seconds if rerun_seconds is not None and rerun else seconds)
+    finally:
+        _stamp(path, "end")
+    return "done"
