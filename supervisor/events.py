@@ -69,3 +69,4 @@ LEASE_EXPIRED = "lease_expired"  # a child stopped its task: its lease ran out
 LEASE_LOST = "lease_lost"  # the supervisor could not renew its lease in time
 LEASE_RENEWED = "lease_renewed"  # held again after it was lost
 CHILD_HUNG = "child_hung"  # a child stopped answering, or the OS says it is stopped
+CONTROL_SOCKET_IN_USE = "control_socket_in_use"  # another supervisor of this node runs

@@ -24,6 +24,8 @@ _FIELDS = (
     "signal",
     "direction",
     "processes",
+    "killed_for",
+    "owner",
 )
 
 

@@ -126,7 +126,9 @@ class Supervisor:
         except (OSError, endpoints.SupervisorRunning) as exc:
             for server in self.servers:
                 server.close()
-            log.critical("Cannot listen: %s", exc, extra={"event": events.HTTP_BIND_FAILED})
+            running = isinstance(exc, endpoints.SupervisorRunning)
+            event = events.CONTROL_SOCKET_IN_USE if running else events.HTTP_BIND_FAILED
+            log.critical("Cannot listen: %s", exc, extra={"event": event})
             return False
         self.signals.install()
         self.selector.register(self.signals.wake_r, selectors.EVENT_READ, lambda mask: self.signals.drain_wakeups())
@@ -298,7 +300,7 @@ class Supervisor:
         elif event == protocol.READY:
             if pool_slot := self.slot_of.get(child.pid):
                 pool_slot[0].ever_up = True
-            log.debug("Child %s ready", child.spec.worker_id, extra={**child.log_extra, "event": events.CHILD_READY})
+            log.info("Child %s ready", child.spec.worker_id, extra={**child.log_extra, "event": events.CHILD_READY})
 
     def on_task_finished(self, child: Child, message: dict, before: Any, now: float) -> None:
         pool = child.spec.pool
@@ -364,7 +366,7 @@ class Supervisor:
             "Received %s: draining (running tasks finish; killed after %.0fs)",
             signals.name(signum),
             grace,
-            extra={"event": events.DRAIN_STARTED},
+            extra={"event": events.DRAIN_STARTED, "signal": signals.name(signum)},
         )
         self.phase = Phase.DRAINING
         self.exit_reason = f"drained after {signals.name(signum)}"
@@ -374,7 +376,11 @@ class Supervisor:
 
     def stop_now(self, signum: int) -> None:
         name = signals.name(signum)
-        log.warning("Received %s: stopping now, running tasks are killed", name, extra={"event": events.FORCED_STOP})
+        log.warning(
+            "Received %s: stopping now, running tasks are killed",
+            name,
+            extra={"event": events.FORCED_STOP, "signal": name},
+        )
         self.phase = Phase.STOPPING
         self.exit_code = exitcodes.EX_FORCED
         self.exit_reason = f"stopped at once by {name}"
@@ -434,7 +440,7 @@ class Supervisor:
             if change.action is not Action.KEEP:
                 event, text = RELOAD_LOG[change.action]
                 size = change.config.processes if change.config else 0
-                log.info(text, name, size, extra={"event": event, "pool": name})
+                log.info(text, name, size, extra={"event": event, "pool": name, "processes": size})
         self.set_scheduler(new.scheduler.enabled)
 
     # -- children --------------------------------------------------------------------------
@@ -475,7 +481,7 @@ class Supervisor:
             pool.child_exited(slot, child, reason, now, self.rng)
 
     def log_exit(self, child: Child, reason: ExitReason, how: str) -> None:
-        extra = {**child.log_extra, "event": EXIT_EVENTS[reason], "reason": reason.value}
+        extra = {**child.log_extra, "event": EXIT_EVENTS[reason], "reason": reason.value, **_exit_fields(child)}
         wid = child.spec.worker_id
         if reason is ExitReason.STOPPED:
             log.info("Child %s %s after stop", wid, how, extra=extra)
@@ -595,7 +601,12 @@ class Supervisor:
             before,
             len(pool.slots),
             depth,
-            extra={"event": events.POOL_SCALED, "pool": pool.name, "direction": direction},
+            extra={
+                "event": events.POOL_SCALED,
+                "pool": pool.name,
+                "direction": direction,
+                "processes": len(pool.slots),
+            },
         )
 
     def check_hopeless(self) -> None:
@@ -604,7 +615,9 @@ class Supervisor:
             reason = next((p.last_error() for p in self.pools.values() if p.last_error()), "")
             self.exit_code = exitcodes.EX_NO_WORKERS
             self.exit_reason = f"no pool could start a worker: {reason or 'every child exited at boot'}"
-            log.critical("Giving up: %s", self.exit_reason, extra={"event": events.SUPERVISOR_GAVE_UP})
+            log.critical(
+                "Giving up: %s", self.exit_reason, extra={"event": events.SUPERVISOR_GAVE_UP, "reason": reason}
+            )
             self.phase = Phase.STOPPING
 
     def all_pools(self) -> list[Pool]:
@@ -626,6 +639,16 @@ RELOAD_LOG = {
     Action.ROLL: (events.POOL_ROLLED, "Pool %s changed: rolling its children (%d processes)"),
     Action.REMOVE: (events.POOL_REMOVED, "Pool %s removed%.0s"),
 }
+
+
+def _exit_fields(child: Child) -> dict[str, Any]:
+    """How a reaped child ended, as log fields: exit_code, or signal (and why we sent it)."""
+    wait_status = child.wait_status
+    if wait_status is None:
+        return {}
+    if os.WIFSIGNALED(wait_status):
+        return {"signal": signals.name(os.WTERMSIG(wait_status)), "killed_for": child.killed_for}
+    return {"exit_code": os.waitstatus_to_exitcode(wait_status)}
 
 
 def _listeners(backends: dict[str, TaskBackend]) -> list[ReadyListener]:

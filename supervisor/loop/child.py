@@ -102,13 +102,14 @@ class Child:
         self.ping_seq = 0
         self.stopped_checks = 0  # consecutive liveness checks that found it stopped by the OS
         self.hung: str | None = None  # why the supervisor found it hung, once it has
+        self.wait_status: int | None = None  # once reaped
 
     def __repr__(self) -> str:
         return f"<Child {self.spec.worker_id} pid={self.pid} {self.state.value}>"
 
     @property
     def log_extra(self) -> dict[str, Any]:
-        return {"pool": self.spec.pool, "slot": self.spec.slot, "pid": self.pid}
+        return {"pool": self.spec.pool, "slot": self.spec.slot, "pid": self.pid, "worker_id": self.spec.worker_id}
 
     def change_state(self, new: ChildState) -> None:
         if new is self.state:
@@ -184,6 +185,7 @@ class Child:
 
     def exited(self, status: int) -> ExitReason:
         """Record the wait status (any state -> EXITED) and classify the exit."""
+        self.wait_status = status
         was_stopping = self.stop_requested_at is not None
         self.change_state(ChildState.EXITED)
         code = os.waitstatus_to_exitcode(status)
