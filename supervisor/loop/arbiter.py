@@ -11,8 +11,6 @@ spawner and fake process calls.
 
 from __future__ import annotations
 
-import errno
-import json
 import logging
 import os
 import random
@@ -25,11 +23,10 @@ from typing import Any
 from task_supervisor import events, exitcodes
 from task_supervisor.chores.janitor import Janitor
 from task_supervisor.chores.listen import ReadyListener
-from task_supervisor.chores.recovery import FailedTask
 from task_supervisor.compat import TaskBackend
 from task_supervisor.config import Config, ConfigError, PoolConfig, load_config
-from task_supervisor.loop import signals, status
-from task_supervisor.loop.child import Child, ExitReason, describe_status
+from task_supervisor.loop import reload, reports, signals, status
+from task_supervisor.loop.child import Child, describe_status
 from task_supervisor.loop.lease import Lease
 from task_supervisor.loop.limits import Limits
 from task_supervisor.loop.liveness import Liveness
@@ -37,13 +34,12 @@ from task_supervisor.loop.lostpolicy import DeadChild, lost_task
 from task_supervisor.loop.phase import Phase
 from task_supervisor.loop.pool import Pool, Slot, serves
 from task_supervisor.loop.proc import ProcessCalls
-from task_supervisor.loop.reload import Action, plan
 from task_supervisor.loop.scaling import Autoscaler
+from task_supervisor.loop.scheduling import SchedulerUnit
 from task_supervisor.loop.spawn import Spawner
 from task_supervisor.loop.wakeups import Wakeups
-from task_supervisor.observe import endpoints, exposition
+from task_supervisor.observe import endpoints
 from task_supervisor.observe.stats import Stats
-from task_supervisor.wire import protocol
 from task_supervisor.wire.spec import SCHEDULER
 
 log = logging.getLogger(__name__)
@@ -52,12 +48,6 @@ MAX_WAIT = 1.0  # seconds the loop sleeps at most, even with nothing scheduled
 FORCE_STOP_GRACE = 5.0  # seconds to reap SIGKILLed children on a forced stop
 EXIT_FLUSH_TIME = 5.0  # seconds to record lost tasks before exiting
 SPAWN_RETRY = 1.0  # seconds before trying again to fork for a slot whose fork failed
-EXIT_EVENTS = {
-    ExitReason.STOPPED: events.CHILD_STOPPED,
-    ExitReason.RECYCLED: events.CHILD_RECYCLED,
-    ExitReason.BOOT_FAILED: events.CHILD_BOOT_FAILED,
-    ExitReason.CRASHED: events.CHILD_CRASHED,
-}
 
 
 class Supervisor:
@@ -93,16 +83,14 @@ class Supervisor:
         self.started_at = clock()
         self.stats = Stats()
         self.limits = Limits(self.stats, self.calls)
-        self.autoscaler = Autoscaler()
+        self.autoscaler = Autoscaler(self.stats)
         self.janitor = Janitor(config, backends, clock, self.stats, self.rng) if backends else None
         self.lease = Lease(config.supervisor.node_timeout, enabled=bool(self.janitor and self.janitor.heartbeats))
         self.lease_seen: float | None = None  # the janitor's last renewal the lease took
         self.liveness = Liveness(self.stats, self.calls)
         self.wakeups = Wakeups(_listeners(backends or {}), self.selector, lambda: self.pools.values(), clock)
         self.servers: list[endpoints._Server] = []
-        self.schedules = schedules  # enabled schedules in settings.PERIODIC_TASKS
-        self.scheduler: Pool | None = None  # the scheduler child's one-slot pool, when it runs
-        self.schedule_info: dict[str, dict[str, Any]] = {}  # name -> last slot, lag, next, as reported
+        self.scheduling = SchedulerUnit(schedules, self.stats)
         self.set_scheduler(config.scheduler.enabled)
 
     # -- life cycle ------------------------------------------------------------------------
@@ -122,10 +110,8 @@ class Supervisor:
     def start(self) -> bool:
         """Listen, install the signal handlers; False (logged) if the endpoints cannot listen."""
         try:
-            self.start_servers()
+            self.servers = status.start_servers(self)
         except (OSError, endpoints.SupervisorRunning) as exc:
-            for server in self.servers:
-                server.close()
             running = isinstance(exc, endpoints.SupervisorRunning)
             event = events.CONTROL_SOCKET_IN_USE if running else events.HTTP_BIND_FAILED
             log.critical("Cannot listen: %s", exc, extra={"event": event})
@@ -208,27 +194,6 @@ class Supervisor:
 
     # -- observation -----------------------------------------------------------------------
 
-    def start_servers(self) -> None:
-        """The HTTP listener and the control socket; OSError or SupervisorRunning if they cannot."""
-        address = self.config.supervisor.http
-        if address:
-            metrics = exposition.Metrics(self.snapshot, self.stats)
-            routes = {
-                "/livez": lambda: exposition.livez(self.snapshot()),
-                "/readyz": lambda: exposition.readyz(self.snapshot()),
-                "/metrics": metrics.response,
-            }
-            self.servers.append(endpoints.HttpServer(address, routes, self.clock))
-        path = self.config.supervisor.control_socket or endpoints.default_socket_path(self.config.supervisor.node)
-        self.servers.append(endpoints.ControlServer(path, self.control_answer, self.clock))
-        for server in self.servers:
-            server.start(self.selector)
-
-    def control_answer(self, command: str) -> bytes:
-        if command == "status":
-            return json.dumps(self.snapshot()).encode()
-        return json.dumps({"error": f"unknown command {command!r}; try status"}).encode()
-
     def snapshot(self) -> dict[str, Any]:
         """Everything `status` and the metrics show, as plain JSON-able data."""
         return status.snapshot(self, self.clock(), self.wall())
@@ -256,96 +221,6 @@ class Supervisor:
     def wait_for_events(self, timeout: float) -> None:
         for key, mask in self.selector.select(timeout):
             key.data(mask)
-
-    def read_reports(self, child: Child) -> None:
-        """Read what a child said; at EOF stop watching its pipe."""
-        while child.reader.fd >= 0:
-            try:
-                data = os.read(child.reader.fd, 65536)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno != errno.EBADF:
-                    log.warning("Reading the pipe of pid=%s failed: %s", child.pid, exc)
-                data = b""
-            if not data:
-                self.unwatch(child)
-                return
-            now = self.clock()
-            for message in child.reader.feed(data):
-                self.on_message(child, message, now)
-
-    def timeout_for(self, pool: str) -> Callable[[str], float | None]:
-        default = self.config.pools[pool].timeout if pool in self.config.pools else None
-        return lambda path: self.config.task_timeouts.get(path, default)
-
-    def on_message(self, child: Child, message: dict, now: float) -> None:
-        before = child.task
-        child.handle_message(message, now, self.timeout_for(child.spec.pool))
-        event = message.get("event")
-        if child.spec.role == SCHEDULER:
-            self.on_scheduler_message(message)
-        elif event == protocol.TASK_STARTED:
-            self.stats.tasks_started[child.spec.pool] += 1
-            log.debug(
-                "Child pid=%s started task %s",
-                child.pid,
-                message.get("task_id"),
-                extra={**child.log_extra, "event": events.TASK_STARTED, "task_id": message.get("task_id")},
-            )
-        elif event == protocol.TASK_FINISHED:
-            self.on_task_finished(child, message, before, now)
-        elif event == protocol.TASK_FENCED:
-            self.stats.fenced_writes[child.spec.pool] += 1
-        elif event == protocol.READY:
-            if pool_slot := self.slot_of.get(child.pid):
-                pool_slot[0].ever_up = True
-            log.info("Child %s ready", child.spec.worker_id, extra={**child.log_extra, "event": events.CHILD_READY})
-
-    def on_task_finished(self, child: Child, message: dict, before: Any, now: float) -> None:
-        pool = child.spec.pool
-        status_ = str(message.get("status", ""))
-        self.stats.tasks_finished[(pool, status_)] += 1
-        if status_ == "FAILED" and before is not None and self.janitor is not None:
-            exception = str(message.get("exception", ""))
-            self.janitor.task_failed(pool, FailedTask(child.spec.worker_id, before.task_id, before.path, exception))
-        if child.recycle_after_task:
-            log.info(
-                "Child %s passed max_memory; recycling it after its task",
-                child.spec.worker_id,
-                extra={**child.log_extra, "event": events.CHILD_RECYCLE_MEMORY},
-            )
-            child.request_stop(now, self.config.supervisor.graceful_timeout)
-
-    def on_scheduler_message(self, message: dict) -> None:
-        event = message.get("event")
-        if event == protocol.READY:
-            for entry in message.get("schedules", []):
-                self.schedule_info.setdefault(str(entry.get("name")), {}).update(
-                    when=entry.get("when"), next=entry.get("next")
-                )
-        elif event == protocol.SLOT_FIRED:
-            name, outcome = str(message.get("schedule")), str(message.get("outcome"))
-            self.stats.slots[(name, outcome)] += 1
-            info = self.schedule_info.setdefault(name, {})
-            info["next"] = message.get("next")
-            if outcome == "fired":
-                lag = float(message.get("lag") or 0.0)
-                self.stats.slot_lag[name] = lag
-                self.stats.slot_lag_total[name] += lag
-                info.update(last_slot=message.get("slot"), last_task_id=message.get("task_id"), last_lag=lag)
-
-    def unwatch(self, child: Child) -> None:
-        """Stop watching the child's pipe and close it, once: a descriptor number closed twice
-        may by then belong to something else (a client's socket, another child's pipe)."""
-        fd, child.reader.fd = child.reader.fd, -1
-        if fd < 0:
-            return
-        try:
-            self.selector.unregister(fd)
-        except (KeyError, ValueError):
-            pass
-        _close(fd)
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -411,37 +286,8 @@ class Supervisor:
                 "[django] and supervisor.node changes need a restart; applying the rest",
                 extra={"event": events.RELOAD_PARTIAL},
             )
-        self.apply_config(new, self.clock())
+        reload.apply(self, new, self.clock())
         log.info("Reloaded %s", new.path, extra={"event": events.RELOADED})
-
-    def apply_config(self, new: Config, now: float) -> None:
-        old_pools, self.config = self.pools, new
-        if self.janitor is not None:
-            self.janitor.config = new
-        self.pools = {}
-        grace = new.supervisor.graceful_timeout
-        for change in plan({name: pool.config for name, pool in old_pools.items()}, new.pools):
-            old, name = old_pools.get(change.name), change.name
-            if change.action is Action.KEEP:
-                self.pools[name] = old
-            elif change.action is Action.ADD:
-                self.pools[name] = Pool(change.config)
-            elif change.action is Action.RESIZE:
-                self.pools[name] = old
-                old.config = change.config
-                self.stop_children(old.resize(change.config.processes), now)
-            elif change.action is Action.ROLL:
-                self.pools[name] = Pool(change.config)
-                for child in old.children():
-                    self.detach(child)
-                    self.successor[child.pid] = (self.pools[name], now + grace)
-            else:
-                self.stop_children(old.children(), now)
-            if change.action is not Action.KEEP:
-                event, text = RELOAD_LOG[change.action]
-                size = change.config.processes if change.config else 0
-                log.info(text, name, size, extra={"event": event, "pool": name, "processes": size})
-        self.set_scheduler(new.scheduler.enabled)
 
     # -- children --------------------------------------------------------------------------
 
@@ -456,8 +302,8 @@ class Supervisor:
                 how = describe_status(wait_status)
                 log.debug("Reaped orphan pid=%s (%s)", pid, how, extra={"event": events.ORPHAN_REAPED})
                 continue
-            self.read_reports(child)  # what it said before dying (boot errors, last task)
-            self.unwatch(child)
+            reports.read(self, child)  # what it said before dying (boot errors, last task)
+            reports.unwatch(self, child)
             self.child_exited(child, wait_status)
         return reaped
 
@@ -465,7 +311,7 @@ class Supervisor:
         now = self.clock()
         reason = child.exited(wait_status)
         how = describe_status(wait_status, child.killed_for)
-        self.log_exit(child, reason, how)
+        child.log_exit(reason, how)
         _close(child.control_fd)
         child.control_fd = -1
         if child.spec.role != SCHEDULER:
@@ -479,20 +325,6 @@ class Supervisor:
         if pool_slot is not None and pool_slot[1].child is child:
             pool, slot = pool_slot
             pool.child_exited(slot, child, reason, now, self.rng)
-
-    def log_exit(self, child: Child, reason: ExitReason, how: str) -> None:
-        extra = {**child.log_extra, "event": EXIT_EVENTS[reason], "reason": reason.value, **_exit_fields(child)}
-        wid = child.spec.worker_id
-        if reason is ExitReason.STOPPED:
-            log.info("Child %s %s after stop", wid, how, extra=extra)
-        elif reason is ExitReason.RECYCLED:
-            log.info("Child %s recycled after %d tasks", wid, child.tasks_done, extra=extra)
-        elif reason is ExitReason.BOOT_FAILED:
-            log.error("Child %s failed to boot (%s): %s", wid, how, child.boot_error or "no reason given", extra=extra)
-        elif "SIGKILL" in how and not child.killed:
-            log.error("Child %s %s", wid, how, extra=extra)
-        else:
-            log.warning("Child %s %s", wid, how, extra=extra)
 
     def task_lost(self, child: Child, how: str) -> None:
         """A child died, maybe mid-task: have the janitor finish whatever row it left RUNNING."""
@@ -533,7 +365,7 @@ class Supervisor:
         self.take_renewal()
 
     def spawn(self, pool: Pool, slot: Slot, now: float) -> None:
-        role = SCHEDULER if pool is self.scheduler else "worker"
+        role = SCHEDULER if pool is self.scheduling.pool else "worker"
         spec = self.spawner.spec(self.config, pool.config, slot.index, role, self.rng, leased=self.lease.enabled)
         try:
             pid, fd, control_fd = self.spawner.spawn(spec, pool.config.start)
@@ -552,7 +384,7 @@ class Supervisor:
         self.children[pid] = child
         self.slot_of[pid] = (pool, slot)
         slot.child = child
-        self.selector.register(fd, selectors.EVENT_READ, lambda mask: self.read_reports(child))
+        self.selector.register(fd, selectors.EVENT_READ, lambda mask: reports.read(self, child))
         self.lease.hand_down([child])
         log.info(
             "Started child %s pid=%s", spec.worker_id, pid, extra={**child.log_extra, "event": events.CHILD_STARTED}
@@ -572,8 +404,9 @@ class Supervisor:
 
     def manage_pools(self, now: float) -> None:
         for pool in self.pools.values():
-            if pool.config.autoscaled:
-                self.autoscale(pool, now)
+            depth = sum(n for queue, n in self.stats.queue_depth.items() if serves(pool.config, queue))
+            if pool.config.autoscaled and (stopped := self.autoscaler.scale(pool, depth, now)) is not None:
+                self.stop_children([stopped], now)
         for pool in self.all_pools():
             for slot in pool.due(now):
                 self.spawn(pool, slot, now)
@@ -584,30 +417,6 @@ class Supervisor:
             elif pool.at_strength() or now >= deadline:
                 self.successor.pop(pid, None)
                 child.request_stop(now, self.config.supervisor.graceful_timeout)
-
-    def autoscale(self, pool: Pool, now: float) -> None:
-        depth = sum(n for queue, n in self.stats.queue_depth.items() if serves(pool.config, queue))
-        change = self.autoscaler.step(pool, depth, now)
-        if change is None:
-            return
-        direction, before, stopped = change
-        if stopped is not None:
-            self.stop_children([stopped], now)
-        self.stats.scale_events[(pool.name, direction)] += 1
-        log.info(
-            "Pool %s scaled %s from %d to %d (READY depth %d)",
-            pool.name,
-            direction,
-            before,
-            len(pool.slots),
-            depth,
-            extra={
-                "event": events.POOL_SCALED,
-                "pool": pool.name,
-                "direction": direction,
-                "processes": len(pool.slots),
-            },
-        )
 
     def check_hopeless(self) -> None:
         """Exit when no pool can keep a child up: the fault is not in any one child."""
@@ -622,33 +431,10 @@ class Supervisor:
 
     def all_pools(self) -> list[Pool]:
         """The worker pools, and the scheduler's one-slot pool when it runs."""
-        return [*self.pools.values(), *([self.scheduler] if self.scheduler else [])]
+        return [*self.pools.values(), *([self.scheduling.pool] if self.scheduling.pool else [])]
 
     def set_scheduler(self, enabled: bool) -> None:
-        """Run the scheduler child when enabled and there is something to schedule; stop it if not."""
-        if enabled and self.schedules and self.scheduler is None:
-            self.scheduler = Pool(PoolConfig(name=SCHEDULER, queues=(), processes=1, max_processes=1))
-        elif not (enabled and self.schedules) and self.scheduler is not None:
-            self.stop_children(self.scheduler.children(), self.clock())
-            self.scheduler = None
-
-
-RELOAD_LOG = {
-    Action.ADD: (events.POOL_ADDED, "Pool %s added (%d processes)"),
-    Action.RESIZE: (events.POOL_RESIZED, "Pool %s resized to %d"),
-    Action.ROLL: (events.POOL_ROLLED, "Pool %s changed: rolling its children (%d processes)"),
-    Action.REMOVE: (events.POOL_REMOVED, "Pool %s removed%.0s"),
-}
-
-
-def _exit_fields(child: Child) -> dict[str, Any]:
-    """How a reaped child ended, as log fields: exit_code, or signal (and why we sent it)."""
-    wait_status = child.wait_status
-    if wait_status is None:
-        return {}
-    if os.WIFSIGNALED(wait_status):
-        return {"signal": signals.name(os.WTERMSIG(wait_status)), "killed_for": child.killed_for}
-    return {"exit_code": os.waitstatus_to_exitcode(wait_status)}
+        self.stop_children(self.scheduling.set(enabled), self.clock())
 
 
 def _listeners(backends: dict[str, TaskBackend]) -> list[ReadyListener]:

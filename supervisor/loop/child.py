@@ -10,11 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from task_supervisor import events
 from task_supervisor.loop.proc import ProcessCalls
 from task_supervisor.wire import control, protocol
 from task_supervisor.wire.spec import CHILD_EXIT_BOOT_FAILED, ChildSpec
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("task_supervisor.loop.arbiter")
 
 
 class ChildState(enum.Enum):
@@ -65,6 +66,14 @@ def describe_status(status: int, killed_for: str | None = None) -> str:
             text += " (segmentation fault)"
         return text
     return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+EXIT_EVENTS = {
+    ExitReason.STOPPED: events.CHILD_STOPPED,
+    ExitReason.RECYCLED: events.CHILD_RECYCLED,
+    ExitReason.BOOT_FAILED: events.CHILD_BOOT_FAILED,
+    ExitReason.CRASHED: events.CHILD_CRASHED,
+}
 
 
 class Child:
@@ -194,3 +203,22 @@ class Child:
         if self.ready_at is None or code == CHILD_EXIT_BOOT_FAILED:
             return ExitReason.BOOT_FAILED
         return ExitReason.RECYCLED if code == 0 else ExitReason.CRASHED
+
+    def log_exit(self, reason: ExitReason, how: str) -> None:
+        """One record of how it ended: exit_code, or signal and why the supervisor sent it."""
+        extra: dict[str, Any] = {**self.log_extra, "event": EXIT_EVENTS[reason], "reason": reason.value}
+        if self.wait_status is not None and os.WIFSIGNALED(self.wait_status):
+            extra.update(signal=signal.Signals(os.WTERMSIG(self.wait_status)).name, killed_for=self.killed_for)
+        elif self.wait_status is not None:
+            extra.update(exit_code=os.waitstatus_to_exitcode(self.wait_status))
+        wid = self.spec.worker_id
+        if reason is ExitReason.STOPPED:
+            log.info("Child %s %s after stop", wid, how, extra=extra)
+        elif reason is ExitReason.RECYCLED:
+            log.info("Child %s recycled after %d tasks", wid, self.tasks_done, extra=extra)
+        elif reason is ExitReason.BOOT_FAILED:
+            log.error("Child %s failed to boot (%s): %s", wid, how, self.boot_error or "no reason given", extra=extra)
+        elif "SIGKILL" in how and not self.killed:
+            log.error("Child %s %s", wid, how, extra=extra)
+        else:
+            log.warning("Child %s %s", wid, how, extra=extra)

@@ -1,11 +1,21 @@
-"""SIGHUP as a plan: the running pools and the new config in, what to do with each pool out. Pure."""
+"""SIGHUP: a pure plan (the running pools and the new config in, what to do with each pool out),
+and its application to the supervisor's pools."""
 
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from task_supervisor.config import PoolConfig
+from task_supervisor import events
+from task_supervisor.config import Config, PoolConfig
+from task_supervisor.loop.pool import Pool
+
+if TYPE_CHECKING:
+    from task_supervisor.loop.arbiter import Supervisor
+
+log = logging.getLogger("task_supervisor.loop.arbiter")
 
 
 class Action(enum.Enum):
@@ -39,3 +49,41 @@ def plan(old: dict[str, PoolConfig], new: dict[str, PoolConfig]) -> list[PoolCha
         changes.append(PoolChange(name, action, config))
     changes += [PoolChange(name, Action.REMOVE, None) for name in old if name not in new]
     return changes
+
+
+LOG = {
+    Action.ADD: (events.POOL_ADDED, "Pool %s added (%d processes)"),
+    Action.RESIZE: (events.POOL_RESIZED, "Pool %s resized to %d"),
+    Action.ROLL: (events.POOL_ROLLED, "Pool %s changed: rolling its children (%d processes)"),
+    Action.REMOVE: (events.POOL_REMOVED, "Pool %s removed%.0s"),
+}
+
+
+def apply(sup: Supervisor, new: Config, now: float) -> None:
+    """Reconcile the running pools with ``new``: new children come up before rolled ones drain."""
+    old_pools, sup.config = sup.pools, new
+    if sup.janitor is not None:
+        sup.janitor.config = new
+    sup.pools = {}
+    for change in plan({name: pool.config for name, pool in old_pools.items()}, new.pools):
+        old, name, config = old_pools.get(change.name), change.name, change.config
+        if change.action is Action.KEEP:
+            sup.pools[name] = old
+        elif change.action is Action.ADD:
+            sup.pools[name] = Pool(config)
+        elif change.action is Action.RESIZE:
+            sup.pools[name] = old
+            old.config = config
+            sup.stop_children(old.resize(config.processes), now)
+        elif change.action is Action.ROLL:
+            sup.pools[name] = Pool(config)
+            for child in old.children():
+                sup.detach(child)
+                sup.successor[child.pid] = (sup.pools[name], now + new.supervisor.graceful_timeout)
+        else:
+            sup.stop_children(old.children(), now)
+        if change.action is not Action.KEEP:
+            event, text = LOG[change.action]
+            size = config.processes if config else 0
+            log.info(text, name, size, extra={"event": event, "pool": name, "processes": size})
+    sup.set_scheduler(new.scheduler.enabled)

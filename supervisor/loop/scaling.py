@@ -9,11 +9,16 @@ Never below min or above max; only idle children are ever stopped.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
+from task_supervisor import events
 from task_supervisor.loop.child import Child, ChildState
 from task_supervisor.loop.pool import Pool
+from task_supervisor.observe.stats import Stats
+
+log = logging.getLogger("task_supervisor.loop.arbiter")
 
 UP_COOLDOWN = 2.0  # seconds between two growth steps: the depth is re-measured in between
 
@@ -50,28 +55,42 @@ def decide(
 
 
 class Autoscaler:
-    """Applies ``decide`` to the autoscaled pools, one step per turn, and remembers when each
-    last changed. Returns the children to stop; the loop stops them."""
+    """Applies ``decide`` to an autoscaled pool, one step per turn, remembering when each pool
+    last changed; logs and counts each change. The loop stops the child it returns."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
         self.states: dict[str, ScaleState] = {}
 
-    def step(self, pool: Pool, depth: int, now: float) -> tuple[str, int, Child | None] | None:
-        """(direction, previous size, child to stop or None) when the pool changed size, else None."""
-        config = pool.config
-        children = pool.children()
+    def scale(self, pool: Pool, depth: int, now: float) -> Child | None:
+        """Grow or shrink ``pool`` for ``depth`` READY tasks; returns an idle child to stop."""
+        config, children = pool.config, pool.children()
         busy = sum(1 for c in children if c.state is ChildState.BUSY)
         idle = sum(1 for c in children if c.state is ChildState.IDLE)
-        current = len(pool.slots)
+        before = len(pool.slots)
         state = self.states.setdefault(pool.name, ScaleState())
         want = decide(
-            now, current, config.processes, config.max_processes, busy, idle, depth, state, config.scale_cooldown
+            now, before, config.processes, config.max_processes, busy, idle, depth, state, config.scale_cooldown
         )
-        if want > current:
+        stopped = None
+        if want > before:
             pool.grow(want)
             state.last_up = now
-            return "up", current, None
-        if want < current and (child := pool.remove_idle_slot()) is not None:
+        elif want < before and (stopped := pool.remove_idle_slot()) is not None:
             state.last_down = now
-            return "down", current, child
-        return None
+        else:
+            return None
+        direction, after = ("up" if want > before else "down"), len(pool.slots)
+        self.stats.scale_events[(pool.name, direction)] += 1
+        log.info(
+            "Pool %s scaled %s from %d to %d (READY depth %d, busy %d, idle %d)",
+            pool.name,
+            direction,
+            before,
+            after,
+            depth,
+            busy,
+            idle,
+            extra={"event": events.POOL_SCALED, "pool": pool.name, "direction": direction, "processes": after},
+        )
+        return stopped

@@ -7,14 +7,47 @@ seconds taken at the same moment).
 from __future__ import annotations
 
 import datetime
+import json
 from typing import TYPE_CHECKING, Any
 
 from task_supervisor import __version__
 from task_supervisor.loop.child import Child
 from task_supervisor.loop.pool import Pool
+from task_supervisor.observe import endpoints, exposition
 
 if TYPE_CHECKING:
     from task_supervisor.loop.arbiter import Supervisor
+
+
+def start_servers(sup: Supervisor) -> list[endpoints._Server]:
+    """The HTTP listener and the control socket, serving from the loop's selector; raises
+    OSError or SupervisorRunning if they cannot listen (the ones started are closed first)."""
+    address = sup.config.supervisor.http
+    servers: list[endpoints._Server] = []
+    try:
+        if address:
+            metrics = exposition.Metrics(sup.snapshot, sup.stats)
+            routes = {
+                "/livez": lambda: exposition.livez(sup.snapshot()),
+                "/readyz": lambda: exposition.readyz(sup.snapshot()),
+                "/metrics": metrics.response,
+            }
+            servers.append(endpoints.HttpServer(address, routes, sup.clock))
+        path = sup.config.supervisor.control_socket or endpoints.default_socket_path(sup.config.supervisor.node)
+        servers.append(endpoints.ControlServer(path, lambda command: control_answer(sup, command), sup.clock))
+        for server in servers:
+            server.start(sup.selector)
+    except BaseException:
+        for server in servers:
+            server.close()
+        raise
+    return servers
+
+
+def control_answer(sup: Supervisor, command: str) -> bytes:
+    if command == "status":
+        return json.dumps(sup.snapshot()).encode()
+    return json.dumps({"error": f"unknown command {command!r}; try status"}).encode()
 
 
 def snapshot(sup: Supervisor, now: float, wall: float) -> dict[str, Any]:
@@ -28,7 +61,7 @@ def snapshot(sup: Supervisor, now: float, wall: float) -> dict[str, Any]:
         "started_at": iso(wall - (now - sup.started_at)),
         "database": {"ok": janitor.db_ok if janitor else True, "error": janitor.db_error if janitor else None},
         "pools": [pool_snapshot(sup, pool, now, wall) for pool in sup.pools.values()],
-        "scheduler": scheduler_snapshot(sup, now),
+        "scheduler": sup.scheduling.snapshot(now),
         "heartbeat": {
             "enabled": bool(janitor and janitor.heartbeats),
             "last_beat": janitor.last_beat if janitor else None,
@@ -44,20 +77,6 @@ def snapshot(sup: Supervisor, now: float, wall: float) -> dict[str, Any]:
             {"task_id": task_id, "path": path, "attempts": attempts, "next_attempt_at": when}
             for task_id, (path, attempts, when) in (janitor.retries_scheduled.items() if janitor else ())
         ],
-    }
-
-
-def scheduler_snapshot(sup: Supervisor, now: float) -> dict[str, Any] | None:
-    pool = sup.scheduler
-    if pool is None:
-        return None
-    child = next(iter(pool.children()), None)
-    return {
-        "state": child.state.value if child else ("backing off" if pool.backing_off(now) else "starting"),
-        "pid": child.pid if child else None,
-        "restarts": pool.restarts,
-        "last_error": pool.last_error(),
-        "schedules": [{"name": name, **info} for name, info in sorted(sup.schedule_info.items())],
     }
 
 
