@@ -3,8 +3,8 @@ database task workers."""
 
 from __future__ import annotations
 
-from task_supervisor.exceptions import LeaseExpired, TaskTimeout, WorkerLost
+from task_supervisor.exceptions import LeaseExpired, TaskCancelled, TaskTimeout, WorkerLost
 
 __version__ = "0.1.0"
 
-__all__ = ["LeaseExpired", "TaskTimeout", "WorkerLost", "__version__"]
+__all__ = ["LeaseExpired", "TaskCancelled", "TaskTimeout", "WorkerLost", "__version__"]

@@ -175,6 +175,19 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """[retention]: how long finished rows are kept; None keeps them for ever."""
+
+    successful: float | None = None  # seconds after finished_at
+    failed: float | None = None  # seconds after finished_at
+    schedule_runs: float | None = None  # seconds after enqueued_at, for the scheduler's run log
+
+    @property
+    def enabled(self) -> bool:
+        return any(v is not None for v in (self.successful, self.failed, self.schedule_runs))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     django: DjangoConfig
@@ -183,6 +196,7 @@ class Config:
     task_timeouts: dict[str, float] = field(default_factory=dict)
     scheduler: SchedulerConfig = SchedulerConfig()
     retries: dict[str, RetryPolicy] = field(default_factory=dict)
+    retention: RetentionConfig = RetentionConfig()
 
     def retry_policy(self, pool: str, task_path: str) -> RetryPolicy | None:
         """The task's own policy, else its pool's default, else none."""
@@ -430,7 +444,7 @@ def _read_task_timeouts(table: Any, problems: list[str]) -> dict[str, float]:
 
 
 def _tables(data: dict[str, Any], problems: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    for name in ("django", "supervisor", "pools", "task_timeouts", "retries", "scheduler"):
+    for name in ("django", "supervisor", "pools", "task_timeouts", "retries", "scheduler", "retention"):
         value = data.get(name, {})
         if not isinstance(value, dict):
             problems.append(f"{name} must be a table such as [{name}], got {value!r}.")
@@ -497,6 +511,7 @@ def config_from_dict(data: dict[str, Any], file: Path) -> Config:
 
     task_timeouts = _read_task_timeouts(tables["task_timeouts"], problems)
     retries = _read_retries(tables["retries"], problems)
+    retention = _read_retention(tables["retention"], problems)
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -507,4 +522,17 @@ def config_from_dict(data: dict[str, Any], file: Path) -> Config:
         task_timeouts=task_timeouts,
         retries=retries,
         scheduler=scheduler,
+        retention=retention,
     )
+
+
+def _read_retention(table: dict[str, Any], problems: list[str]) -> RetentionConfig:
+    r = _Reader(table, "retention", problems)
+    expect = 'a duration such as "7d" or "12h"'
+    retention = RetentionConfig(
+        successful=r.get("successful", None, parse_duration, expect),
+        failed=r.get("failed", None, parse_duration, expect),
+        schedule_runs=r.get("schedule_runs", None, parse_duration, expect),
+    )
+    r.finish()
+    return retention

@@ -70,3 +70,9 @@ LEASE_LOST = "lease_lost"  # the supervisor could not renew its lease in time
 LEASE_RENEWED = "lease_renewed"  # held again after it was lost
 CHILD_HUNG = "child_hung"  # a child stopped answering, or the OS says it is stopped
 CONTROL_SOCKET_IN_USE = "control_socket_in_use"  # another supervisor of this node runs
+
+# Operating a cluster (task_supervisor.ops): one event per operator action, and their effects.
+OPERATOR_ACTION = "operator_action"  # fields: verb, actor, rows
+TASK_CANCEL_SENT = "task_cancel_sent"  # a supervisor told its child to stop a cancelled task
+TASK_CANCEL_KILL = "task_cancel_kill"  # the cancelled task did not stop within kill_after
+ROWS_PRUNED = "rows_pruned"  # fields: kind, rows

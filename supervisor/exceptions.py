@@ -20,7 +20,12 @@ class LeaseExpired(Exception):
     supervisor frozen), so the task was stopped before another node may recover it."""
 
 
-for _cls in (TaskTimeout, WorkerLost, LeaseExpired):
+class TaskCancelled(Exception):
+    """An operator cancelled the task (``task-supervisor cancel``, the admin or ``ops.cancel``);
+    it is never retried."""
+
+
+for _cls in (TaskTimeout, WorkerLost, LeaseExpired, TaskCancelled):
     _cls.__module__ = "task_supervisor"
 
 

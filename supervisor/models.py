@@ -1,4 +1,5 @@
-"""The supervisor's own tables: node heartbeats and the scheduler's run log."""
+"""The supervisor's own tables: node heartbeats, the scheduler's run log, and the operators'
+rows (queue pauses, cancel requests, schedule overrides, leases, the audit log)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class ScheduleRun(models.Model):
     task_result_id = models.CharField(max_length=64, blank=True)
     enqueued_at = models.DateTimeField(auto_now_add=True)
     node = models.CharField(max_length=64, blank=True)
+    manual = models.BooleanField(default=False, help_text="Run now by an operator, not a slot of the schedule.")
 
     class Meta:
         verbose_name = "schedule run"
@@ -71,3 +73,92 @@ if _TaskResult is not None:
             proxy = True
             verbose_name = "task attempts"
             verbose_name_plural = "task attempts"
+
+
+# -- operating a cluster: rows every supervisor reads (see task_supervisor.ops) ------------------
+
+
+class QueuePause(models.Model):
+    """A paused queue: no child of any node claims from it until the row is deleted."""
+
+    queue = models.CharField(max_length=32, unique=True)
+    paused_by = models.CharField(max_length=200)
+    since = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "queue pause"
+        ordering = ["queue"]
+
+    def __str__(self) -> str:
+        return self.queue
+
+
+class CancelRequest(models.Model):
+    """A RUNNING task to stop: the supervisor whose child ``worker_id`` is tells it to."""
+
+    task_id = models.CharField(max_length=64, unique=True)
+    worker_id = models.CharField(max_length=64, help_text="The row's last worker id when cancelled.")
+    requested_by = models.CharField(max_length=200)
+    requested_at = models.DateTimeField(auto_now_add=True)
+    handled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "cancel request"
+        ordering = ["-requested_at"]
+        indexes = [models.Index(fields=["worker_id", "handled_at"], name="task_supervisor_cancel_idx")]
+
+    def __str__(self) -> str:
+        return self.task_id
+
+
+class ScheduleOverride(models.Model):
+    """A schedule switched on or off at run time; wins over ``enabled`` in settings until deleted."""
+
+    schedule = models.CharField(max_length=200, unique=True)
+    enabled = models.BooleanField()
+    changed_by = models.CharField(max_length=200)
+    changed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "schedule override"
+        ordering = ["schedule"]
+
+    def __str__(self) -> str:
+        return f"{self.schedule}: {'enabled' if self.enabled else 'disabled'}"
+
+
+class Lease(models.Model):
+    """A named lease: one holder at a time, until ``until`` by the database's clock."""
+
+    name = models.CharField(max_length=64, unique=True)
+    holder = models.CharField(max_length=200)
+    until = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "lease"
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.holder}"
+
+
+class Action(models.Model):
+    """The audit log: one row per operator action, from the CLI, the admin or Python."""
+
+    actor = models.CharField(max_length=200)
+    verb = models.CharField(max_length=32)
+    detail = models.JSONField(default=dict)
+    rows = models.IntegerField(default=0)
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = "operator action"
+        ordering = ["-at"]
+        permissions = [
+            ("cancel_task", "Can cancel tasks"),
+            ("retry_task", "Can retry tasks"),
+            ("pause_queue", "Can pause and resume queues"),
+            ("run_schedule", "Can run, disable and enable schedules"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.verb} by {self.actor}"

@@ -175,6 +175,24 @@ class SupervisorCollector(Collector):
             ["schedule"],
             [([k], v) for k, v in stats.slot_lag.items()],
         )
+        yield _counter(
+            "task_supervisor_pruned_rows",
+            "Rows deleted by retention: successful and failed task rows, schedule run log rows.",
+            ["kind"],
+            {(k,): v for k, v in stats.pruned.items()},
+        )
+        yield _counter(
+            "task_supervisor_cancels",
+            "Running tasks told to stop because an operator cancelled them.",
+            ["pool"],
+            {(k,): v for k, v in stats.cancels.items()},
+        )
+        yield _gauge(
+            "task_supervisor_queue_paused",
+            "1 for each queue an operator paused (no child claims from it).",
+            ["queue"],
+            [([q], float(v)) for q, v in stats.paused_queues.items()],
+        )
         yield _gauge(
             "task_supervisor_database_up",
             "1 when the supervisor's last database work succeeded.",

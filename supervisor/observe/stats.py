@@ -35,3 +35,9 @@ class Stats:
     # schedule -> lag in seconds of the latest slot fired here, and the sum over all of them
     slot_lag: dict[str, float] = field(default_factory=dict)
     slot_lag_total: collections.Counter[str] = field(default_factory=collections.Counter)
+    # kind -> rows deleted by retention; kind "successful", "failed" or "schedule_runs"
+    pruned: collections.Counter[str] = field(default_factory=collections.Counter)
+    # pool -> running tasks told to stop because an operator cancelled them
+    cancels: collections.Counter[str] = field(default_factory=collections.Counter)
+    # queue -> 1 while paused (read with the queue depths)
+    paused_queues: dict[str, int] = field(default_factory=dict)
