@@ -1,4 +1,5 @@
-"""The ``task-supervisor`` command: run, check, status, schedules, --version."""
+"""The ``task-supervisor`` command: run, check, status, schedules, --version, and the operator's
+commands (cancel, pause, resume, queues, retry, prune, actions; schedules run/disable/enable)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
                 "--at", metavar="ISO-DATETIME", type=_datetime, help="list fire times after this moment (default: now)"
             )
             sub.add_argument("--count", metavar="N", type=_count, default=5, help="fire times per schedule (default 5)")
+            sub.add_argument(
+                "action",
+                nargs="?",
+                choices=("run", "disable", "enable"),
+                help="run a schedule now, or switch it off or on",
+            )
+            sub.add_argument("name", nargs="?", metavar="NAME", help="the schedule to run, disable or enable")
+    from task_supervisor import opscli
+
+    opscli.add_parsers(commands)
     return parser
 
 
@@ -60,7 +71,10 @@ def _count(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "schedules": cmd_schedules}[args.command]
+    from task_supervisor import opscli
+
+    handlers = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "schedules": cmd_schedules}
+    handler = handlers.get(args.command) or opscli.HANDLERS[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -171,6 +185,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
 
     from django.conf import settings
 
+    from task_supervisor import opscli
     from task_supervisor.scheduler import spec
 
     try:
@@ -180,9 +195,12 @@ def cmd_schedules(args: argparse.Namespace) -> int:
         return _fail(exitcodes.EX_CONFIG, str(exc))
     except bootstrap.StartupError as exc:
         return _fail(exc.code, str(exc))
+    if args.action is not None:
+        return opscli.cmd_schedule_action(args)
     schedules, problems = spec.load(settings)
     if problems:
         return _fail(exitcodes.EX_CHECK_FAILED, "\n".join(map(str, problems)))
+    overrides = opscli.read_overrides()
     at = args.at or dt.datetime.now(dt.UTC)
     listing = [
         {
@@ -191,7 +209,12 @@ def cmd_schedules(args: argparse.Namespace) -> int:
             "when": s.when,
             "description": s.describe(),
             "timezone": s.zone.key,
-            "enabled": s.enabled,
+            "enabled": overrides[s.name].enabled if s.name in overrides else s.enabled,
+            "override": (
+                {"enabled": o.enabled, "by": o.changed_by, "at": o.changed_at.isoformat()}
+                if (o := overrides.get(s.name))
+                else None
+            ),
             "next": [slot.astimezone(s.zone).isoformat() for slot in s.next_slots(at, args.count)],
         }
         for s in schedules
@@ -203,6 +226,9 @@ def cmd_schedules(args: argparse.Namespace) -> int:
         print(f"No periodic tasks: settings.{spec.SETTING} is empty or not set.")
     for entry in listing:
         off = "" if entry["enabled"] else "  (disabled)"
+        if entry["override"]:
+            state = "enabled" if entry["enabled"] else "disabled"
+            off = f"  ({state} at run time by {entry['override']['by']})"
         print(f"{entry['name']}: {entry['task']}{off}")
         print(f"  {entry['when']} in {entry['timezone']}: {entry['description']}")
         for moment in entry["next"] or ["never fires again"]:

@@ -10,4 +10,5 @@ EX_SETTINGS = 4  # Django settings missing or broken, or no database task backen
 EX_DATABASE = 5  # the database is unreachable or not migrated at startup
 EX_NO_WORKERS = 6  # no pool could keep a single child up (every child failed to boot)
 EX_FORCED = 7  # stopped at once by a second TERM/INT or by QUIT; running tasks were killed
+EX_REFUSED = 8  # an operator command refused its input (unknown id, queue or schedule; empty filter): nothing changed
 EX_SOFTWARE = 70  # a bug in task-supervisor: the traceback is printed
