@@ -21,8 +21,9 @@ from collections.abc import Callable
 from django.utils import timezone
 
 from task_supervisor import events
-from task_supervisor.chores import recovery
+from task_supervisor.chores import cancels, recovery
 from task_supervisor.chores.recovery import FailedTask, LostTask, Outcome
+from task_supervisor.chores.retention import Retention
 from task_supervisor.chores.timebox import cut_connections, timebox
 from task_supervisor.compat import TaskBackend
 from task_supervisor.config import Config, PoolConfig
@@ -40,6 +41,7 @@ CHORES_DEADLINE = 2.5  # seconds one turn of chores may block the loop (each sta
 # finished on the next turn (later only while the database fails, when every chore waits).
 SWEEP_INTERVAL = 5.0
 EXITS_KEPT = 10_000  # worker ids of exited children remembered for the sweep's verdict
+CANCELLED = "task_supervisor.TaskCancelled"  # never retried
 
 
 class Janitor:
@@ -72,6 +74,10 @@ class Janitor:
         self.last_beat: str | None = None
         self.lease_sent_at: float | None = None  # monotonic time the last heartbeat that went through was sent
         self.next_depth = 0.0
+        # Operator actions: cancel requests for tasks our children run, and retention.
+        self.next_cancels = 0.0
+        self.cancels_due: list[tuple[str, str]] = []  # (task id, worker id) for the loop to deliver
+        self.retention = Retention(config.supervisor.node, clock, self.stats)
         if not self.heartbeats:
             log.warning(
                 "Node heartbeats and dead-node recovery are off: add 'task_supervisor' to INSTALLED_APPS "
@@ -107,7 +113,9 @@ class Janitor:
         self.pending.append((self.backend_for(pool), lost))
 
     def task_failed(self, pool: str, failed: FailedTask) -> None:
-        """A child reported a task FAILED; retry it if a policy covers it."""
+        """A child reported a task FAILED; retry it if a policy covers it (never a cancelled one)."""
+        if failed.exception_path == CANCELLED:
+            return
         if self.config.retry_policy(pool, failed.path) is not None:
             self.pending.append((self.backend_for(pool), failed))
 
@@ -175,11 +183,19 @@ class Janitor:
             moments.append(self.retry_at)
         if self.heartbeats:
             moments.append(self.next_beat)
+            moments.append(max(self.retry_at, self.next_cancels))
+            if self.config.retention.enabled:
+                moments.append(max(self.retry_at, self.retention.next_due()))
         return min(moments)
 
-    def tick(self, now: float, live_worker_ids: set[str], pools: list[str]) -> None:
-        """One turn of chores; ``live_worker_ids`` are those of every child of this supervisor."""
+    def tick(self, now: float, live_worker_ids: set[str], pools: list[str]) -> list[tuple[str, str]]:
+        """One turn of chores; ``live_worker_ids`` are those of every child of this supervisor.
+
+        Returns the cancel requests found for tasks our children run: (task id, worker id).
+        """
         self._attempt(now, lambda: self._chores(now, live_worker_ids, pools))
+        due, self.cancels_due = self.cancels_due, []
+        return due
 
     def _attempt(self, now: float, chores: Callable[[], None]) -> None:
         if now < self.retry_at:
@@ -208,6 +224,15 @@ class Janitor:
                 f"The worker running this task ({{worker_id}}) is no live child of the supervisor of node {self.node}.",
             )
             self.next_sweep = now + SWEEP_INTERVAL
+        if self.heartbeats:  # the operators' tables are installed with the heartbeats'
+            self._operator_chores(now, live_worker_ids)
+
+    def _operator_chores(self, now: float, live_worker_ids: set[str]) -> None:
+        backends = self.distinct_backends()
+        if now >= self.next_cancels:
+            self.cancels_due += [c for backend in backends for c in cancels.due(backend, live_worker_ids)]
+            self.next_cancels = now + cancels.CANCEL_POLL
+        self.retention.tick(now, backends, self.config.retention)
 
     def _chores_failed(self, now: float, exc: Exception) -> None:
         from django.db import connections
@@ -231,7 +256,9 @@ class Janitor:
             parsed = recovery.parse_worker_id(item.worker_id)
             pool = parsed[1] if parsed else ""
             if isinstance(item, LostTask):
-                policy_for = lambda path, pool=pool: self.config.retry_policy(pool, path)  # noqa: E731
+                policy_for = lambda path, pool=pool, item=item: (  # noqa: E731
+                    None if item.exception_path == CANCELLED else self.config.retry_policy(pool, path)
+                )
                 for outcome in recovery.finish(backend, item, policy_for, self.rng):
                     self._lost_handled(pool, item, outcome)
             else:
@@ -293,7 +320,15 @@ class Janitor:
             )
 
     def _measure_queues(self) -> None:
-        """READY depth and age of the oldest READY task per queue, for metrics and autoscaling."""
+        """READY depth and age of the oldest READY task per queue, and the paused queues, for
+        metrics and autoscaling."""
+        if self.heartbeats:
+            from task_supervisor.models import QueuePause
+
+            backend = self.distinct_backends()[0]
+            with recovery.bounded(backend):
+                paused = QueuePause.objects.using(backend.db_alias).values_list("queue", flat=True)
+                self.stats.paused_queues = dict.fromkeys(paused, 1)
         depth: dict[str, int] = {}
         oldest: dict[str, float] = {}
         now = timezone.now()

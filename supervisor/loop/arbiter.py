@@ -149,8 +149,10 @@ class Supervisor:
         if self.janitor is not None and not connecting:
             # One call that may block (each in its time box) per turn, so the endpoints are
             # served between them even while the database hangs.
-            self.janitor.tick(now, self.live_worker_ids(), list(self.pools))
+            cancels = self.janitor.tick(now, self.live_worker_ids(), list(self.pools))
             self.take_renewal()
+            # Operators' cancels of tasks our children run: TaskCancelled raised in them.
+            self.limits.cancel(now, self.children.values(), cancels or [], self.config)
 
     def take_renewal(self) -> None:
         """A heartbeat went through: the lease holds node_timeout from when it was sent."""
@@ -342,7 +344,15 @@ class Supervisor:
             return
         name = child.spec.pool
         pool = self.config.pools.get(name) or PoolConfig(name=name, queues=(name,))
-        dead = DeadChild(child.spec.worker_id, child.pid, how, task, child.killed_for_timeout, child.killed)
+        dead = DeadChild(
+            child.spec.worker_id,
+            child.pid,
+            how,
+            task,
+            child.killed_for_timeout,
+            child.killed,
+            killed_for_cancel=self.limits.cancel_killed.pop(child.pid, None),
+        )
         self.janitor.lost(name, lost_task(dead, pool, self.phase, self.config.supervisor.graceful_timeout))
 
     def live_worker_ids(self) -> set[str]:

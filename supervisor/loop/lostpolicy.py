@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from task_supervisor.chores.recovery import TASK_TIMEOUT, LostTask
 from task_supervisor.config import PoolConfig
+from task_supervisor.exceptions import TaskCancelled
 from task_supervisor.loop.child import RunningTask
 from task_supervisor.loop.phase import Phase
 
@@ -24,11 +25,22 @@ class DeadChild:
     task: RunningTask | None  # the task it had reported started and not finished
     killed_for_timeout: RunningTask | None  # the task whose hard timeout made us kill it
     killed: bool  # the supervisor SIGKILLed it (timeout, grace period, forced stop)
+    killed_for_cancel: RunningTask | None = None  # the cancelled task that did not stop in time
+
+
+TASK_CANCELLED = f"task_supervisor.{TaskCancelled.__name__}"
 
 
 def lost_task(child: DeadChild, pool: PoolConfig, phase: Phase, graceful_timeout: float) -> LostTask:
     """The record for the janitor: which row, which error class, which message, which policy."""
     wid = child.worker_id
+    if child.killed_for_cancel is not None:
+        cancelled = child.killed_for_cancel
+        message = (
+            f"Task {cancelled.path} was cancelled and did not stop within kill_after {pool.kill_after:g}s, "
+            f"so its worker ({wid}, pid {child.pid}) was killed."
+        )
+        return LostTask(wid, cancelled.task_id, message, exception_path=TASK_CANCELLED)
     if child.task is None and child.killed_for_timeout is None:
         # No task started in it: a RUNNING row of its worker id was claimed and never run, so it
         # goes back to READY whatever on_worker_lost says (nothing of it ran, nothing runs twice).

@@ -6,6 +6,7 @@
   each heartbeat); a child runs and claims tasks only while it holds (see LEASE_MARGIN).
 - ``lease-lost`` (with SIGUSR1): the supervisor could not renew the lease: raise LeaseExpired
   in the running task now.
+- ``cancel <task id>`` (with SIGUSR1): an operator cancelled that task: raise TaskCancelled in it.
 - ``ping <n>``: answer ``pong`` with the same n on the report pipe (an idle child's liveness).
 
 The child's end (``task_supervisor.worker.control``) replaces db_worker's ``time.sleep`` between
@@ -39,6 +40,10 @@ def send_wake(fd: int) -> bool:
 
 def send_timeout(fd: int, task_id: str, seconds: float) -> bool:
     return _send(fd, f"timeout {task_id} {seconds:g}\n".encode())
+
+
+def send_cancel(fd: int, task_id: str) -> bool:
+    return _send(fd, f"cancel {task_id}\n".encode())
 
 
 def send_lease(fd: int, until: float) -> bool:

@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from task_supervisor import events
-from task_supervisor.exceptions import LeaseExpired, TaskTimeout
+from task_supervisor.exceptions import LeaseExpired, TaskCancelled, TaskTimeout
 from task_supervisor.wire import protocol
 from task_supervisor.wire.control import LEASE_GRACE, LEASE_MARGIN, TIMEOUT_SIGNAL
 from task_supervisor.wire.spec import CHILD_EXIT_CRASHED
@@ -86,6 +86,8 @@ class ControlChannel:
                 # A late notice for a task that already finished is ignored.
                 if task_id == self.current.task_id:
                     raise TaskTimeout(f"Task {self.current.path} ran past its timeout of {seconds}s.")
+            elif word == "cancel" and raising and rest == self.current.task_id:
+                raise TaskCancelled(f"Task {self.current.path} was cancelled by an operator.")
             elif word == "lease-lost" and raising and self.current.task_id is not None and not self.stopping:
                 # Once per task: the child's own alarm and the supervisor's notice come at the same
                 # moment, and a second raise would land in the task's clean-up or in db_worker.

@@ -10,11 +10,18 @@ Inside each child, the backend's ``get_locked()`` (the query that picks the row 
 the row first; one that cannot run is recorded FAILED with the error reading it raised, in the
 same transaction, and the next row is taken. Rows db_worker handles itself (a task path that
 no longer imports) are left to it.
+
+Paused queues (``task_supervisor.ops.pause``, QueuePause rows) are excluded from the pick here,
+at claim time, so a pause reaches every child of every node and the other queues of a pool go
+on. The paused set is read at most every PAUSES_TTL while nothing is paused, and at every claim
+while something is (pauses are rare; a resume is then seen by the very next claim): a pause
+starts to hold at most PAUSES_TTL after it is committed.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -24,19 +31,49 @@ from task_supervisor import events
 log = logging.getLogger("task_supervisor.worker")
 
 MAX_SKIPPED = 10  # unrunnable rows failed per pick, before letting db_worker poll again
+PAUSES_TTL = 0.5  # seconds a read of the paused queues is trusted while none is paused
 
 
-def install(model: Any, may_claim: Callable[[], bool] = lambda: True) -> None:
+class PausedQueues:
+    """The queues paused by operators, as this child last read them."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.queues: frozenset[str] = frozenset()
+        self.read_at: float | None = None
+        self.installed: bool | None = None
+
+    def get(self, alias: str) -> frozenset[str]:
+        now = self.clock()
+        if self.read_at is not None and not self.queues and now - self.read_at < PAUSES_TTL:
+            return self.queues
+        if self.installed is None:
+            from django.apps import apps
+
+            self.installed = apps.is_installed("task_supervisor")
+        if self.installed:
+            from task_supervisor.models import QueuePause
+
+            self.queues = frozenset(QueuePause.objects.using(alias).values_list("queue", flat=True))
+        self.read_at = now
+        return self.queues
+
+
+def install(model: Any, may_claim: Callable[[], bool] = lambda: True, paused: PausedQueues | None = None) -> None:
     """Wrap ``get_locked`` of the model's queryset class; installing again replaces the guard.
 
     ``may_claim`` is asked first: while the node's lease does not hold, nothing is claimed.
+    Rows of paused queues are never picked.
     """
+    paused = paused or PausedQueues()
     queryset_class = type(model.objects.get_queryset())
     original = getattr(queryset_class.get_locked, "task_supervisor_unguarded", queryset_class.get_locked)
 
     def get_locked(self: Any) -> Any:
         if not may_claim():
             return None
+        if queues := paused.get(self.db):
+            self = self.exclude(queue_name__in=sorted(queues))
         for _ in range(MAX_SKIPPED):
             row = original(self)
             if row is None:
