@@ -15,7 +15,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 $(VENV)/.stamp: pyproject.toml
 	@test -n "$(PY312)" || { echo "Python 3.12 or newer is needed (Django 6); install it or pyenv 3.12" >&2; exit 1; }
 	test -x $(VENV)/bin/python || $(PY312) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[db,postgres,test]'
+	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[db,postgres,mysql,test]'
 	touch $@
 
 # Setup (b): Django 5.2 + django-tasks 0.12 + django-tasks-db.

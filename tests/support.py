@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,6 +25,14 @@ PROJECT = ROOT / "tests" / "project"
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 PG_USER = "postgres"
+# MariaDB: the tests' own user, made by the factory through the server's root account (its unix
+# socket as root, as on CI, else root on 127.0.0.1), with rights on databases named ts_*.
+MY_HOST = "127.0.0.1"
+MY_PORT = 3306
+MY_USER = "ts_test"
+MY_PASSWORD = "ts_test"
+MY_SOCKETS = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/tmp/mysql.sock")
+MARIADB_ENGINES = ("mariadb", "mariadb-rr")  # READ COMMITTED (Django's default), REPEATABLE READ
 JSON_LOGS = 'log_format = "json"'
 # Keys of a JSON log record that make up its line in a readable tail; the others show as its context.
 _LINE_KEYS = ("time", "level", "logger", "message", "exc_info", "process")
@@ -56,6 +65,44 @@ def pg_connect(dbname: str = "postgres") -> Any:
     return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=dbname, autocommit=True)
 
 
+def my_connect(dbname: str | None = None) -> Any:
+    """A MariaDB session of the tests' own user, in autocommit."""
+    import MySQLdb
+
+    conn = MySQLdb.connect(
+        host=MY_HOST, port=MY_PORT, user=MY_USER, password=MY_PASSWORD, database=dbname or "", connect_timeout=10
+    )
+    conn.autocommit(True)
+    return conn
+
+
+def my_admin() -> Any:
+    """A MariaDB session of root, which may create the tests' user."""
+    import MySQLdb
+
+    tried = []
+    for kwargs in [*({"unix_socket": path} for path in MY_SOCKETS if os.path.exists(path)), {"host": MY_HOST}]:
+        try:
+            conn = MySQLdb.connect(user="root", port=MY_PORT, connect_timeout=10, **kwargs)
+        except MySQLdb.Error as exc:
+            tried.append(f"{kwargs}: {exc}")
+            continue
+        conn.autocommit(True)
+        return conn
+    raise RuntimeError(
+        f"MariaDB must answer on {MY_HOST}:{MY_PORT} with a root account the tests can use (the suite runs "
+        "on SQLite, PostgreSQL AND MariaDB): " + "; ".join(tried)
+    )
+
+
+def my_execute(conn: Any, *statements: str) -> list[tuple[Any, ...]]:
+    """Run ``statements`` on a MySQLdb connection; the rows of the last one."""
+    with conn.cursor() as cursor:
+        for statement in statements:
+            cursor.execute(statement)
+        return list(cursor.fetchall())
+
+
 def manage(env: dict[str, str], *args: str, project: Path = PROJECT) -> None:
     subprocess.run(
         [sys.executable, "manage.py", *args],
@@ -70,7 +117,7 @@ def manage(env: dict[str, str], *args: str, project: Path = PROJECT) -> None:
 class Database:
     """One throw-away database with every migration applied."""
 
-    engine: str  # "sqlite" or "postgres"
+    engine: str  # "sqlite", "postgres", or "mariadb" / "mariadb-rr" (see MARIADB_ENGINES)
     name: str
 
     @property
@@ -78,6 +125,17 @@ class Database:
         return {"TS_DB_ENGINE": self.engine, "TS_DB_NAME": self.name}
 
     def settings_dict(self) -> dict[str, Any]:
+        if self.engine in MARIADB_ENGINES:
+            isolation = "repeatable read" if self.engine == "mariadb-rr" else "read committed"
+            return {
+                "ENGINE": "django.db.backends.mysql",
+                "NAME": self.name,
+                "HOST": MY_HOST,
+                "PORT": str(MY_PORT),
+                "USER": MY_USER,
+                "PASSWORD": MY_PASSWORD,
+                "OPTIONS": {"isolation_level": isolation},
+            }
         if self.engine == "postgres":
             return {
                 "ENGINE": "django.db.backends.postgresql",
@@ -98,8 +156,15 @@ class DatabaseFactory:
         self.created: list[Database] = []
 
     def template(self, engine: str) -> str:
+        if engine in MARIADB_ENGINES:
+            engine = "mariadb"  # one schema for both isolation levels
         if engine not in self.templates:
-            if engine == "sqlite":
+            if engine == "mariadb":
+                name = f"ts_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+                _mariadb_user()
+                with contextlib.closing(my_connect()) as conn:
+                    my_execute(conn, f"CREATE DATABASE `{name}`")
+            elif engine == "sqlite":
                 name = str(self.workdir / "template.sqlite3")
             else:
                 name = f"ts_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -114,6 +179,9 @@ class DatabaseFactory:
         if engine == "sqlite":
             name = str(self.workdir / f"db-{uuid.uuid4().hex[:8]}.sqlite3")
             shutil.copyfile(template, name)
+        elif engine in MARIADB_ENGINES:
+            name = f"ts_test_{uuid.uuid4().hex[:10]}"
+            _mariadb_copy(template, name)
         else:
             name = f"ts_test_{uuid.uuid4().hex[:10]}"
             with pg_connect() as conn:
@@ -126,11 +194,51 @@ class DatabaseFactory:
         if db.engine == "postgres":
             with pg_connect() as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+        elif db.engine in MARIADB_ENGINES:
+            _mariadb_drop(db.name)
 
     def cleanup(self) -> None:
         if "postgres" in self.templates:
             with pg_connect() as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.templates["postgres"]}" WITH (FORCE)')
+        if "mariadb" in self.templates:
+            _mariadb_drop(self.templates["mariadb"])
+
+
+def _mariadb_user() -> None:
+    """The tests' user, with every right on databases named ts_*; made through root if missing."""
+    import MySQLdb
+
+    try:
+        my_connect().close()
+        return
+    except MySQLdb.Error:
+        pass
+    with contextlib.closing(my_admin()) as admin:
+        my_execute(
+            admin,
+            f"CREATE USER IF NOT EXISTS '{MY_USER}'@'{MY_HOST}' IDENTIFIED BY '{MY_PASSWORD}'",
+            f"GRANT ALL PRIVILEGES ON `ts\\_%`.* TO '{MY_USER}'@'{MY_HOST}'",
+        )
+
+
+def _mariadb_copy(template: str, name: str) -> None:
+    """A new database with the template's tables and rows (MariaDB has no CREATE DATABASE ... TEMPLATE)."""
+    with contextlib.closing(my_connect()) as conn:
+        tables = [
+            row[0] for row in my_execute(conn, f"SHOW FULL TABLES FROM `{template}` WHERE Table_type = 'BASE TABLE'")
+        ]
+        my_execute(conn, f"CREATE DATABASE `{name}`", f"USE `{name}`", "SET SESSION foreign_key_checks = 0")
+        for table in tables:
+            ((_, ddl),) = my_execute(conn, f"SHOW CREATE TABLE `{template}`.`{table}`")
+            my_execute(conn, ddl)  # foreign keys name their tables unqualified: this database's
+        for table in tables:
+            my_execute(conn, f"INSERT INTO `{name}`.`{table}` SELECT * FROM `{template}`.`{table}`")
+
+
+def _mariadb_drop(name: str) -> None:
+    with contextlib.closing(my_connect()) as conn:
+        my_execute(conn, f"DROP DATABASE IF EXISTS `{name}`")
 
 
 def use_database(db: Database) -> None:

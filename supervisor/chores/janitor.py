@@ -24,7 +24,7 @@ from task_supervisor import events
 from task_supervisor.chores import cancels, recovery
 from task_supervisor.chores.recovery import FailedTask, LostTask, Outcome
 from task_supervisor.chores.retention import Retention
-from task_supervisor.chores.timebox import cut_connections, timebox
+from task_supervisor.chores.timebox import timebox
 from task_supervisor.compat import TaskBackend
 from task_supervisor.config import Config, PoolConfig
 from task_supervisor.observe.stats import Stats
@@ -85,9 +85,9 @@ class Janitor:
                 extra={"event": events.HEARTBEATS_OFF},
             )
 
-    def cut(self) -> None:
-        """At a chore's deadline: cut the connections it may be blocked on."""
-        cut_connections({b.db_alias for b in self.backends.values()})
+    def aliases(self) -> set[str]:
+        """The connections a chore may block on, which its time box cuts at the deadline."""
+        return {b.db_alias for b in self.backends.values()}
 
     @property
     def node(self) -> str:
@@ -132,7 +132,7 @@ class Janitor:
 
     def recover_own(self, live_worker_ids: set[str]) -> None:
         """Queue the RUNNING rows of this node's earlier incarnations (no live child has them)."""
-        with timebox(CHORES_DEADLINE, "looking for this node's RUNNING rows", self.cut):
+        with timebox(CHORES_DEADLINE, "looking for this node's RUNNING rows", self.aliases()):
             self._sweep(
                 live_worker_ids,
                 f"The worker running this task ({{worker_id}}) was gone when its supervisor restarted on node "
@@ -201,7 +201,7 @@ class Janitor:
         if now < self.retry_at:
             return
         try:
-            with timebox(CHORES_DEADLINE, "the database chores", self.cut):
+            with timebox(CHORES_DEADLINE, "the database chores", self.aliases()):
                 chores()
         except Exception as exc:  # a database error of any driver: retry later
             self._chores_failed(now, exc)

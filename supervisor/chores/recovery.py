@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import math
 import os
 import random
 from collections.abc import Callable, Collection, Iterator
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from task_supervisor.chores import timebox
 from task_supervisor.chores.retry import matches, retry_delay
 from task_supervisor.compat import TaskBackend
 from task_supervisor.config import RetryPolicy
@@ -26,6 +28,11 @@ PolicyFor = Callable[[str], "RetryPolicy | None"]  # task path -> its retry poli
 log = logging.getLogger(__name__)
 
 STATEMENT_TIMEOUT_MS = 2000  # the supervisor's own queries never hold its loop longer than this
+# Seconds MariaDB keeps a session whose transaction sits idle. No transaction of ours outlives
+# the chores' time box (2.5 s) unless the process is frozen; a client cut off behind a proxy that
+# keeps the server's side open is, and its row locks (its own heartbeat row among them) must not
+# stall the fresh connection that retries the chores.
+IDLE_TRANSACTION_TIMEOUT_S = 5
 WORKER_LOST = "task_supervisor.WorkerLost"
 TASK_TIMEOUT = "task_supervisor.TaskTimeout"
 
@@ -64,17 +71,52 @@ class Outcome:
 
 @contextlib.contextmanager
 def bounded(backend: TaskBackend) -> Iterator[None]:
-    """A transaction that cannot stall the supervisor: short lock waits, short statements."""
+    """A transaction that cannot stall the supervisor: short lock waits, short statements.
+
+    The server ends what outlives these limits with an error; a connection that stops answering
+    altogether is cut by the chores' time box (chores.timebox), which ``watch`` lets see this one
+    before the transaction's first round trip.
+    """
     from django.db import connections
 
     connection = connections[backend.db_alias]
     utils = importlib.import_module(f"{backend.package}.utils")
-    with utils.exclusive_transaction(backend.db_alias):
+    connection.ensure_connection()
+    timebox.watch(connection)
+    if connection.vendor == "mysql":
+        # Session variables, there being no SET LOCAL: this connection is the supervisor's own,
+        # and every other statement it runs (dead_nodes, forget_node) is bounded the same way.
         with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
+            cursor.execute(mysql_limits(connection.mysql_is_mariadb))
+    with utils.exclusive_transaction(backend.db_alias):
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
                 cursor.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
                 cursor.execute(f"SET LOCAL lock_timeout = {STATEMENT_TIMEOUT_MS}")
         yield
+
+
+def mysql_limits(mariadb: bool) -> str:
+    """The statement that bounds a MariaDB or MySQL session like STATEMENT_TIMEOUT_MS on PostgreSQL.
+
+    Row-lock waits (innodb_lock_wait_timeout, 50 s by default) and metadata-lock waits
+    (lock_wait_timeout, a day by default: an ALTER TABLE during a deploy) take whole seconds, at
+    least 1. A statement's own time: MariaDB's max_statement_time (seconds, every statement);
+    MySQL's max_execution_time (milliseconds) covers SELECTs only, and an UPDATE of ours can
+    only be slow by waiting for a lock, which the first two bound. MariaDB also ends a session
+    whose transaction sits idle (idle_transaction_timeout): one whose client was cut off behind
+    a proxy that keeps the server's side open, so its row locks are not held for hours.
+    """
+    seconds = max(1, math.ceil(STATEMENT_TIMEOUT_MS / 1000))
+    limits = [f"innodb_lock_wait_timeout = {seconds}", f"lock_wait_timeout = {seconds}"]
+    if mariadb:
+        limits += [
+            f"max_statement_time = {STATEMENT_TIMEOUT_MS / 1000:g}",
+            f"idle_transaction_timeout = {IDLE_TRANSACTION_TIMEOUT_S}",
+        ]
+    else:
+        limits.append(f"max_execution_time = {STATEMENT_TIMEOUT_MS}")
+    return "SET SESSION " + ", ".join(limits)
 
 
 def set_sqlite_busy_timeout(backend: TaskBackend) -> None:

@@ -1,8 +1,9 @@
 """Settings of the project the test suite supervises.
 
-The database comes from the environment so that one project serves both databases:
-TS_DB_ENGINE = "sqlite" (TS_DB_NAME is a file path) or "postgres" (TS_DB_NAME is a database
-on 127.0.0.1:5432).
+The database comes from the environment so that one project serves every database:
+TS_DB_ENGINE = "sqlite" (TS_DB_NAME is a file path), "postgres" (TS_DB_NAME is a database
+on 127.0.0.1:5432), or "mariadb" / "mariadb-rr" (a database on 127.0.0.1:3306 through
+mysqlclient, under READ COMMITTED, Django's default, or REPEATABLE READ, MariaDB's own).
 """
 
 import json
@@ -36,6 +37,19 @@ if _engine == "postgres":
             "PORT": os.environ.get("TS_DB_PORT", "5432"),
             "USER": os.environ.get("TS_DB_USER", "postgres"),
             "CONN_MAX_AGE": 0,
+        }
+    }
+elif _engine in ("mariadb", "mariadb-rr"):
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": _name,
+            "HOST": "127.0.0.1",
+            "PORT": os.environ.get("TS_DB_PORT", "3306"),
+            "USER": os.environ.get("TS_DB_USER", "ts_test"),
+            "PASSWORD": os.environ.get("TS_DB_PASSWORD", "ts_test"),
+            "CONN_MAX_AGE": 0,
+            "OPTIONS": {"isolation_level": "repeatable read" if _engine == "mariadb-rr" else "read committed"},
         }
     }
 else:
