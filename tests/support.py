@@ -161,7 +161,7 @@ class DatabaseFactory:
         if engine not in self.templates:
             if engine == "mariadb":
                 name = f"ts_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-                _mariadb_user()
+                ensure_mariadb_user()
                 with contextlib.closing(my_connect()) as conn:
                     my_execute(conn, f"CREATE DATABASE `{name}`")
             elif engine == "sqlite":
@@ -205,7 +205,7 @@ class DatabaseFactory:
             _mariadb_drop(self.templates["mariadb"])
 
 
-def _mariadb_user() -> None:
+def ensure_mariadb_user() -> None:
     """The tests' user, with every right on databases named ts_*; made through root if missing."""
     import MySQLdb
 
