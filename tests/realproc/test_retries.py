@@ -6,6 +6,8 @@ import itertools
 import subprocess
 import sys
 
+import pytest
+
 from task_supervisor import events, exitcodes
 from tests.realproc.test_lost_tasks import LOST_CLASS, row, wait_finished
 from tests.realproc.test_supervision import ONE_POOL
@@ -16,6 +18,7 @@ def retries(path: str, body: str) -> str:
     return f'\n[retries."{path}"]\n{body}\n'
 
 
+@pytest.mark.parametrize("db", ["sqlite", "postgres", "mariadb"], indirect=True)
 def test_a_task_that_fails_twice_succeeds_on_its_third_attempt(supervisor, db, tmp_path):
     from tsapp import tasks
 
@@ -63,6 +66,7 @@ def test_an_exception_not_listed_is_not_retried(supervisor, db, tmp_path):
     assert len(failed.worker_ids) == 1
 
 
+@pytest.mark.parametrize("db", ["sqlite", "postgres", "mariadb-rr"], indirect=True)
 def test_a_lost_worker_is_an_attempt_a_policy_can_name(supervisor, db, tmp_path):
     from tsapp import tasks
 

@@ -81,6 +81,7 @@ def test_each_slot_is_enqueued_once_on_time_and_its_task_runs(supervisor, db, tm
     assert 'task_supervisor_schedule_lag_seconds_count{schedule="tick"}' in text
 
 
+@pytest.mark.parametrize("db", ["sqlite", "postgres", "mariadb"], indirect=True)
 def test_a_crashed_scheduler_is_restarted_without_losing_or_doubling_slots(supervisor, db):
     sup = supervisor(
         config_toml(ONE_POOL), **periodic(tick={"task": "tsapp.tasks.noop", "every": "1s", "missed": "all"})
@@ -99,7 +100,7 @@ def test_a_crashed_scheduler_is_restarted_without_losing_or_doubling_slots(super
     assert "task_lost" not in sup.log() and "was running in child" not in sup.log()
 
 
-@pytest.mark.parametrize("db", ["postgres"], indirect=True)
+@pytest.mark.parametrize("db", ["postgres", "mariadb-rr"], indirect=True)
 def test_three_supervisors_share_schedules_with_exactly_one_task_per_slot(supervisor, db):
     schedules = periodic(
         fast={"task": "tsapp.tasks.noop", "every": "1s", "missed": "all"},
