@@ -27,6 +27,7 @@ from task_supervisor.wire.spec import CHILD_EXIT_BOOT_FAILED, CHILD_EXIT_OK
 log = logging.getLogger("task_supervisor.scheduler")
 
 MAX_SLEEP = 0.5  # seconds; how long the loop sleeps at most, to notice a stop request
+OVERRIDES_INTERVAL = 1.0  # seconds between reads of the schedules switched off or on at run time
 DB_RETRY = 1.0  # seconds before a slot that hit a database error is tried again
 
 
@@ -63,7 +64,11 @@ class Runner:
         on_outcome: Callable[[Outcome, dt.datetime], None] = lambda outcome, now: None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
-        self.schedules = [s for s in schedules if s.enabled]
+        self.all_schedules = schedules
+        self.schedules = [s for s in schedules if s.enabled]  # those that fire: settings, then overrides
+        self.overrides: dict[str, bool] = {}
+        self.overrides_at: dt.datetime | None = None  # when the overrides were last read
+        self.started = False
         self.node = node
         self.on_outcome = on_outcome
         self.clock = clock
@@ -77,14 +82,52 @@ class Runner:
         from task_supervisor.models import ScheduleRun
 
         now = self.clock()
+        self.read_overrides(now)
         for schedule in self.schedules:
             alias = database_of(schedule)
-            last = ScheduleRun.objects.using(alias).filter(schedule=schedule.name).aggregate(last=Max("slot"))["last"]
+            runs = ScheduleRun.objects.using(alias).filter(schedule=schedule.name, manual=False)
+            last = runs.aggregate(last=Max("slot"))["last"]
             self.cursors[schedule.name] = timing.start_cursor(last, now, schedule.missed_within)
+        self.started = True
+
+    def read_overrides(self, now: dt.datetime) -> None:
+        """Apply ScheduleOverride rows: a schedule switched on fires from now on (no catch-up of
+        the time it was off); one switched off stops firing."""
+        from task_supervisor.models import ScheduleOverride
+
+        self.overrides_at = now
+        names = [s.name for s in self.all_schedules]
+        aliases = {database_of(s) for s in self.all_schedules} or {"default"}
+        overrides: dict[str, bool] = {}
+        for alias in sorted(aliases):
+            rows = ScheduleOverride.objects.using(alias).filter(schedule__in=names)
+            overrides.update(rows.values_list("schedule", "enabled"))
+        self.overrides = overrides
+        enabled = [s for s in self.all_schedules if overrides.get(s.name, s.enabled)]
+        for schedule in enabled:
+            if schedule.name not in self.cursors and self.started:
+                self.cursors[schedule.name] = now  # switched on since start
+        for schedule in self.schedules:
+            if schedule not in enabled:
+                self.cursors.pop(schedule.name, None)
+                self.retry_at.pop(schedule.name, None)
+        self.schedules = enabled
 
     def tick(self) -> list[Outcome]:
         """Fire every slot due now; a database error leaves the slot for the next tick."""
         outcomes = []
+        now = self.clock()
+        if self.overrides_at is None or (now - self.overrides_at).total_seconds() >= OVERRIDES_INTERVAL:
+            try:
+                self.read_overrides(now)
+            except Exception as exc:
+                log.error(
+                    "Could not read the schedule overrides (%s: %s); keeping the last ones",
+                    type(exc).__name__,
+                    exc,
+                    extra={"event": events.SCHEDULE_ERROR},
+                )
+                close_connections()
         for schedule in self.schedules:
             now = self.clock()
             if (retry := self.retry_at.get(schedule.name)) is not None and now < retry:

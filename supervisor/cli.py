@@ -112,7 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.warning("System check: %s", warning, extra={"event": events.SYSTEM_CHECK})
     from task_supervisor.loop.arbiter import Supervisor
 
-    return Supervisor(config, backends, schedules=len([s for s in schedules if s.enabled])).run()
+    # Every schedule counts, enabled or not: an operator may switch one on at run time.
+    return Supervisor(config, backends, schedules=len(schedules)).run()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
