@@ -1,7 +1,7 @@
-"""PostgreSQL behind a proxy the test breaks: connections dropped, refused, stalled, blackholed.
+"""PostgreSQL (and MariaDB) behind a proxy the test breaks: connections dropped, refused, stalled, blackholed.
 
 Everything the supervisor and its children say to the database goes through ``FaultProxy``
-(``TS_DB_PORT`` points the test project's settings at it); the test itself talks to PostgreSQL
+(``TS_DB_PORT`` points the test project's settings at it); the test itself talks to the database
 directly, so it keeps enqueueing and checking rows while the supervisor's side is cut off.
 """
 
@@ -30,9 +30,19 @@ from tests.chaos.harness import (
     wait_all_finished,
 )
 from tests.chaos.proxy import FaultProxy
-from tests.support import PG_HOST, PG_PORT, Database, SupervisorProcess, wait_until
+from tests.chaos.test_mariadb_locks import longest_silence
+from tests.support import (
+    MARIADB_ENGINES,
+    MY_HOST,
+    MY_PORT,
+    PG_HOST,
+    PG_PORT,
+    Database,
+    SupervisorProcess,
+    wait_until,
+)
 
-pytestmark = [pytest.mark.parametrize("db", ["postgres"], indirect=True), pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)
 
 CHILDREN = 4
 TASKS = 600
@@ -58,9 +68,10 @@ class Rig:
 
 
 @contextmanager
-def rig(supervisor, tmp_path: Path) -> Iterator[Rig]:
+def rig(supervisor, db: Database, tmp_path: Path) -> Iterator[Rig]:
     """A supervisor whose every database connection goes through a proxy; probed throughout."""
-    with FaultProxy(PG_HOST, PG_PORT) as proxy:
+    upstream = (MY_HOST, MY_PORT) if db.engine in MARIADB_ENGINES else (PG_HOST, PG_PORT)
+    with FaultProxy(*upstream) as proxy:
         cfg = observed_config(POOL, tmp_path, unique_node())
         sup = supervisor(cfg.text, TS_DB_PORT=str(proxy.port))
         sup.wait_children(CHILDREN)
@@ -90,9 +101,10 @@ def check_every_task_succeeded(r: Rig) -> int:
     return sum(1 for d in done if len(d["worker_ids"]) > 1)
 
 
+@pytest.mark.parametrize("db", ["postgres"], indirect=True)
 def test_database_restart_and_outage(supervisor, db: Database, tmp_path):
     """Connections reset, then refused for a while: 503 meanwhile, children back off, then all resumes."""
-    with rig(supervisor, tmp_path) as r:
+    with rig(supervisor, db, tmp_path) as r:
         began = time.monotonic()
         feed_for(r, 2.0, began)
         dropped = r.proxy.drop()
@@ -133,10 +145,12 @@ def test_database_restart_and_outage(supervisor, db: Database, tmp_path):
         ).report()
 
 
-@pytest.mark.parametrize("fault", ["stall", "blackhole"])
+@pytest.mark.parametrize(
+    ("db", "fault"), [("postgres", "stall"), ("postgres", "blackhole"), ("mariadb", "stall")], indirect=["db"]
+)
 def test_database_that_stops_answering(supervisor, db: Database, tmp_path, fault: str):
     """A partition (bytes stop moving) or a blackhole: 503 meanwhile, the loop keeps turning, then all resumes."""
-    with rig(supervisor, tmp_path) as r:
+    with rig(supervisor, db, tmp_path) as r:
         began = time.monotonic()
         feed_for(r, 2.0, began)
         down = time.monotonic()
@@ -158,7 +172,11 @@ def test_database_that_stops_answering(supervisor, db: Database, tmp_path, fault
             duplicates=duplicates,
             recovery_seconds={"readyz_503_after_fault": to_503 or -1, "readyz_200_after_restore": to_200 or -1},
             seconds=time.monotonic() - began,
-            notes={"slowest_livez_s": round(slowest.livez_seconds, 3), "slowest_livez_status": slowest.livez},
+            notes={
+                "slowest_livez_s": round(slowest.livez_seconds, 3),
+                "slowest_livez_status": slowest.livez,
+                "longest_without_livez_s": round(longest_silence(r.probe, down, up), 3),
+            },
         ).report()
         assert slowest.livez == 200 and slowest.livez_seconds < LIVEZ_WITHIN, slowest
         assert to_503 is not None and to_503 < STALL_SECONDS - 1, "/readyz said 503 while the database hung"
