@@ -54,7 +54,9 @@ def test_a_task_running_on_the_other_node_is_cancelled(supervisor, db, tmp_path)
 def test_a_pause_holds_on_both_nodes_and_a_resume_is_picked_up_at_once(supervisor, db):
     from tsapp import tasks
 
-    nodes = [supervisor(config_toml(TWO_QUEUES, node=name)) for name in ("alpha", "beta")]
+    port = free_port()
+    observed = config_toml(TWO_QUEUES, node="alpha").replace('http = ""', f'http = "127.0.0.1:{port}"')
+    nodes = [supervisor(observed), supervisor(config_toml(TWO_QUEUES, node="beta"))]
     for sup in nodes:
         sup.wait_event(events.CHILD_READY)
     ops.pause(["reports"], actor="tester", known_queues={"default", "reports"})
@@ -66,6 +68,11 @@ def test_a_pause_holds_on_both_nodes_and_a_resume_is_picked_up_at_once(superviso
     assert all(status_of(r) == "READY" for r in reports)
     listing = {q["queue"]: q for q in ops.queues(known_queues={"default", "reports"}).rows}
     assert listing["reports"]["paused"] and listing["reports"]["ready"] == 4
+    wait_until(
+        lambda: 'task_supervisor_queue_paused{queue="reports"} 1.0' in get(port, "/metrics")[1].decode(),
+        10,
+        message="the pause in /metrics",
+    )
     asked = time.monotonic()
     ops.resume(["reports"], actor="tester")
     for result in reports:

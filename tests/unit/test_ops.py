@@ -205,3 +205,18 @@ def test_schedules_run_now_disable_and_enable(db):
         ops.set_schedule_enabled("tick", True)  # what settings say: the override is cleared
         assert not ScheduleOverride.objects.exists()
     assert [a["verb"] for a in ops.actions().rows] == ["schedule_enable", "schedule_disable", "schedule_run"]
+
+
+def test_retention_config_keys():
+    from pathlib import Path
+
+    from task_supervisor.config import ConfigError, config_from_dict
+
+    base = {"django": {"settings": "s"}, "supervisor": {"node": "n"}}
+    config = config_from_dict({**base, "retention": {"successful": "7d", "failed": 3600}}, Path("c.toml"))
+    assert config.retention == RetentionConfig(successful=7 * 86400.0, failed=3600.0)
+    assert config.retention.enabled and not config_from_dict(base, Path("c.toml")).retention.enabled
+    with pytest.raises(ConfigError, match=r"Unknown key retention.sucessful; did you mean retention.successful\?"):
+        config_from_dict({**base, "retention": {"sucessful": "7d"}}, Path("c.toml"))
+    with pytest.raises(ConfigError, match=r"retention\.failed must be a duration"):
+        config_from_dict({**base, "retention": {"failed": "soon"}}, Path("c.toml"))
