@@ -209,6 +209,13 @@ def cancel(
             .values_list("id", flat=True)
         )
         cancelled += [{**_row(r), "status": "FAILED"} for r in chunk if r["id"] in now_failed]
+        # Claimed between the read and the update: now RUNNING, so stopped by its node instead.
+        for r in (
+            be.model.objects.using(be.db_alias)
+            .filter(id__in=[i for i in ready_ids if i not in now_failed], status="RUNNING")
+            .values("id", "task_path", "queue_name", "status", "backend_name", "worker_ids")
+        ):
+            live.append(r)
     for r in live:
         if r["status"] == "RUNNING":
             worker = r["worker_ids"][-1] if isinstance(r["worker_ids"], list) and r["worker_ids"] else ""
