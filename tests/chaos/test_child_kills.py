@@ -189,6 +189,7 @@ def check_rows(run: Run, done: list[dict[str, Any]]) -> None:
     assert set(run.killer.killed) <= died and run.killer.killed  # each child hit was seen to die, not to stop
 
 
+@pytest.mark.parametrize("db", ["sqlite", "postgres", "mariadb"], indirect=True)
 @pytest.mark.timeout(300)
 def test_random_kills_with_requeue_lose_nothing_and_rerun_only_killed_tasks(supervisor, db: Database, tmp_path):
     run = chaos(supervisor, tmp_path, "requeue", seed=8)
@@ -204,6 +205,7 @@ def test_random_kills_with_requeue_lose_nothing_and_rerun_only_killed_tasks(supe
     run.figures("child kills, requeue", db.engine, notes, duplicates=len(again)).report()
 
 
+@pytest.mark.parametrize("db", ["sqlite", "postgres", "mariadb-rr"], indirect=True)
 @pytest.mark.timeout(300)
 def test_random_kills_with_fail_record_every_lost_task_as_worker_lost(supervisor, db: Database, tmp_path):
     """Under "fail" a task that had started is FAILED; a row claimed but not started yet is requeued."""
