@@ -53,3 +53,16 @@ def _key(task_id: str) -> str:
         return str(uuid.UUID(task_id))
     except ValueError:
         return task_id
+
+
+def requested(backend: TaskBackend, worker_id: str) -> bool:
+    """Was the task RUNNING under ``worker_id`` cancelled? Asked when its worker is lost, so a
+    cancelled task is recorded as cancelled (never requeued) even if no one could tell it."""
+    from task_supervisor.models import CancelRequest
+
+    tasks = CancelRequest.objects.using(backend.db_alias).filter(worker_id=worker_id)
+    wanted = {_key(t) for t in tasks.values_list("task_id", flat=True)}
+    if not wanted:
+        return False
+    rows = recovery.last_worker_in(backend.model.objects.using(backend.db_alias).filter(status="RUNNING"), [worker_id])
+    return any(_key(str(pk)) in wanted for pk in rows.values_list("id", flat=True))

@@ -256,6 +256,7 @@ class Janitor:
             parsed = recovery.parse_worker_id(item.worker_id)
             pool = parsed[1] if parsed else ""
             if isinstance(item, LostTask):
+                item = self._cancelled_loss(backend, item)
                 policy_for = lambda path, pool=pool, item=item: (  # noqa: E731
                     None if item.exception_path == CANCELLED else self.config.retry_policy(pool, path)
                 )
@@ -267,6 +268,12 @@ class Janitor:
                 if outcome is not None:
                     self._retry_handled(pool, item.exception_path, outcome)
             self.pending.popleft()
+
+    def _cancelled_loss(self, backend: TaskBackend, lost: LostTask) -> LostTask:
+        """A lost worker's task that an operator had cancelled is recorded as cancelled."""
+        if lost.exception_path == CANCELLED or not self.heartbeats or not cancels.requested(backend, lost.worker_id):
+            return lost
+        return dataclasses.replace(lost, exception_path=CANCELLED, message=f"{lost.message} It had been cancelled.")
 
     def _lost_handled(self, pool: str, lost: LostTask, outcome: Outcome) -> None:
         self.stats.lost_tasks[(pool, "requeued" if outcome.status == "READY" else "failed")] += 1

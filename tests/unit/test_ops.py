@@ -220,3 +220,36 @@ def test_retention_config_keys():
         config_from_dict({**base, "retention": {"sucessful": "7d"}}, Path("c.toml"))
     with pytest.raises(ConfigError, match=r"retention\.failed must be a duration"):
         config_from_dict({**base, "retention": {"failed": "soon"}}, Path("c.toml"))
+
+
+def test_a_cancelled_task_whose_worker_is_lost_is_recorded_cancelled_not_requeued(db):
+    import time
+    from pathlib import Path
+
+    from tsapp import tasks
+
+    from task_supervisor import compat
+    from task_supervisor.chores.janitor import Janitor
+    from task_supervisor.chores.recovery import LostTask
+    from task_supervisor.config import config_from_dict
+
+    config = config_from_dict(
+        {
+            "django": {"settings": "s"},
+            "supervisor": {"node": "n1"},
+            "pools": {"default": {"on_worker_lost": "requeue"}},
+        },
+        Path("c.toml"),
+    )
+    janitor = Janitor(config, {"default": compat.resolve("default")}, time.monotonic)
+    cancelled, other = tasks.noop.enqueue(), tasks.noop.enqueue()
+    running(cancelled, "n1:default:000:1")
+    running(other, "n1:default:001:1")
+    ops.cancel([str(cancelled.id)])
+    for worker in ("n1:default:000:1", "n1:default:001:1"):
+        janitor.lost("default", LostTask(worker, None, "The worker died.", on_worker_lost="requeue"))
+    janitor._finish_pending()
+    row = rows(id=cancelled.id).get()
+    assert row.status == "FAILED" and row.exception_class_path == "task_supervisor.TaskCancelled"
+    assert "It had been cancelled." in row.traceback
+    assert rows(id=other.id).get().status == "READY"  # not cancelled: requeued as the pool says
