@@ -272,6 +272,7 @@ def test_older_setups_fence_finishes_on_rows_failed_by_hand(fencing_setup, tmp_p
     """Both finishing methods of each backend: a task that returns, then one that raises."""
     setup = fencing_setup(name, engine)
     setup.start()
+    workers = set()
     for how in ("return", "raise"):
         held = Held(tmp_path, how)
         [task_id] = setup.enqueue(
@@ -280,7 +281,8 @@ def test_older_setups_fence_finishes_on_rows_failed_by_hand(fencing_setup, tmp_p
         )
         held.wait_started(setup.log_text)
         status, [worker_id], _, _ = setup.row(task_id)
-        assert status == "RUNNING" and worker_id == "compat:default:0:1"  # the same child both times
+        workers.add(worker_id)
+        assert status == "RUNNING" and worker_id.startswith("compat:default:0:") and len(workers) == 1  # same child
         taken = (
             f"UPDATE {setup.table} SET status = 'FAILED', exception_class_path = 'operator.TookIt', "
             "traceback = 'taken by hand' WHERE id = %s AND status = 'RUNNING'"

@@ -113,7 +113,7 @@ def test_a_second_supervisor_on_the_same_socket_is_refused(supervisor, db, tmp_p
     wait_until(lambda: os.path.exists(sock), message="the control socket")
     second = supervisor(text.replace(str(port), str(free_port())))
     assert second.wait_exit() == exitcodes.EX_CONFIG
-    (refused,) = second.events(events.HTTP_BIND_FAILED)  # its HTTP port is free: the socket is the one taken
+    (refused,) = second.events(events.CONTROL_SOCKET_IN_USE)  # its HTTP port is free: the socket is the one taken
     assert sock in refused["message"], refused  # the operator is told which socket
     assert not second.has_event(events.SUPERVISOR_STARTED)
     assert first.proc.poll() is None
