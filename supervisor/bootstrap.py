@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import Any
 
 from task_supervisor import compat, exitcodes
 from task_supervisor.config import Config
@@ -141,6 +142,77 @@ def check_database(backends: dict[str, compat.TaskBackend]) -> None:
                 f"Database {backend.db_alias!r} has no table {backend.model._meta.db_table}; "
                 "run `manage.py migrate` first.",
             )
+
+
+def database_advice(backends: dict[str, compat.TaskBackend]) -> tuple[list[str], list[str]]:
+    """(problems, warnings): MariaDB and MySQL settings that break the guarantees, or hurt them.
+
+    A database that does not answer is check_database's to report; it is skipped here.
+    """
+    from django.db import DatabaseError, connections
+
+    problems: list[str] = []
+    warnings: list[str] = []
+    for alias in sorted({backend.db_alias for backend in backends.values()}):
+        connection = connections[alias]
+        if connection.vendor != "mysql":
+            continue
+        tables = [b.model._meta.db_table for b in backends.values() if b.db_alias == alias]
+        try:
+            connection.ensure_connection()
+            broken, risky = _mysql_advice(connection, alias, [*tables, *_own_tables()])
+        except DatabaseError:
+            continue
+        finally:
+            connection.close()
+        problems += broken
+        warnings += risky
+    return problems, warnings
+
+
+def _own_tables() -> list[str]:
+    from django.apps import apps
+
+    if not apps.is_installed("task_supervisor"):
+        return []
+    return [model._meta.db_table for model in apps.get_app_config("task_supervisor").get_models()]
+
+
+def _mysql_advice(connection: Any, alias: str, tables: list[str]) -> tuple[list[str], list[str]]:
+    flavour = "MariaDB" if connection.mysql_is_mariadb else "MySQL"
+    # MariaDB before 11.1 names the variable tx_isolation only; MySQL 8 transaction_isolation only.
+    old_name = connection.mysql_is_mariadb and connection.mysql_version < (11, 1)
+    variable = "tx_isolation" if old_name else "transaction_isolation"
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT @@SESSION.{variable}")
+        (level,) = cursor.fetchone()
+        marks = ", ".join(["%s"] * len(tables))
+        cursor.execute(
+            "SELECT TABLE_NAME, ENGINE FROM information_schema.TABLES "
+            f"WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ({marks}) ORDER BY TABLE_NAME",
+            tables,
+        )
+        engines = [(name, engine) for name, engine in cursor.fetchall() if (engine or "").lower() != "innodb"]
+    level = str(level).replace("-", " ").upper()
+    fix = "set its OPTIONS isolation_level to 'read committed' (Django's default) or 'repeatable read'"
+    problems, warnings = [], []
+    if level == "READ UNCOMMITTED":
+        problems.append(
+            f"Database {alias!r} ({flavour}) runs at READ UNCOMMITTED: the supervisor and the fenced writes "
+            f"could act on claims and verdicts that are then rolled back; {fix}."
+        )
+    elif level == "SERIALIZABLE":
+        warnings.append(
+            f"Database {alias!r} ({flavour}) runs at SERIALIZABLE: every read in a transaction takes shared "
+            f"locks, so the supervisor's queue-depth reads make claims skip READY rows and deadlocks likelier; {fix}."
+        )
+    for table, engine in engines:
+        problems.append(
+            f"Table {table} of database {alias!r} ({flavour}) uses the {engine} storage engine, which has no "
+            "transactions or row locks: two children could claim one task, and a lost or retried row be "
+            f"handled twice; convert it with ALTER TABLE {table} ENGINE=InnoDB."
+        )
+    return problems, warnings
 
 
 def describe_database(alias: str) -> str:

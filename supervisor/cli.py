@@ -105,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         bootstrap.check_database(backends)
         schedules = bootstrap.load_schedules(config)
         warnings = bootstrap.run_system_checks()
+        warnings += [line for lines in bootstrap.database_advice(backends) for line in lines]
         bootstrap.warm_up(backends)
     except bootstrap.StartupError as exc:
         return _fail(exc.code, str(exc))
@@ -144,7 +145,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return _fail(exitcodes.EX_CHECK_FAILED, str(exc))
-    problems = check_problems(config)
+    problems, warnings = check_problems(config)
+    for warning in warnings:
+        print(f"task-supervisor: warning: {warning}", file=sys.stderr)
     if problems:
         return _fail(exitcodes.EX_CHECK_FAILED, "\n".join(problems))
     pools = ", ".join(f"{p.name} ({p.processes} x {', '.join(p.queues)})" for p in config.pools.values())
@@ -152,17 +155,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     return exitcodes.EX_OK
 
 
-def check_problems(config: Config) -> list[str]:
-    """Every problem found short of starting a child."""
+def check_problems(config: Config) -> tuple[list[str], list[str]]:
+    """Every problem found short of starting a child, and the warnings."""
     try:
         bootstrap.setup_django(config)
     except bootstrap.StartupError as exc:
-        return [str(exc)]
+        return [str(exc)], []
     problems: list[str] = []
+    warnings: list[str] = []
     backends = {}
     try:
         backends = bootstrap.resolve_backends(config)
         bootstrap.check_database(backends)
+        problems, warnings = bootstrap.database_advice(backends)
     except bootstrap.StartupError as exc:
         problems += str(exc).splitlines()
     try:
@@ -177,7 +182,7 @@ def check_problems(config: Config) -> list[str]:
         bootstrap.run_system_checks()
     except bootstrap.StartupError as exc:
         problems += str(exc).splitlines()
-    return problems
+    return problems, warnings
 
 
 def cmd_schedules(args: argparse.Namespace) -> int:

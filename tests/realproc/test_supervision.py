@@ -242,3 +242,36 @@ def test_children_that_cannot_boot_make_the_supervisor_give_up(supervisor, db):
     (gave_up,) = sup.events(events.SUPERVISOR_GAVE_UP)
     assert "broken in children" in gave_up["message"], gave_up  # the children's own reason, for the operator
     assert sup.events()[-1]["event"] == events.SUPERVISOR_STOPPED
+
+
+@pytest.mark.parametrize("db", ["mariadb"], indirect=True)
+def test_check_fails_on_mariadb_settings_that_break_the_guarantees_and_warns_of_risky_ones(db, tmp_path: Path):
+    import subprocess
+    import sys
+
+    from task_supervisor.models import NodeHeartbeat
+    from tests.support import my_connect, my_execute
+
+    path = tmp_path / "config.toml"
+    path.write_text(config_toml(ONE_POOL))
+
+    def check(**env: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "task_supervisor", "check", "-c", str(path)]
+        return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **db.env, **env}, timeout=60)
+
+    fine = check()
+    assert fine.returncode == exitcodes.EX_OK and "warning" not in fine.stderr, fine.stderr
+    risky = check(TS_DB_ISOLATION="serializable")
+    assert risky.returncode == exitcodes.EX_OK, risky.stderr
+    assert "warning: Database 'default' (MariaDB) runs at SERIALIZABLE" in risky.stderr
+
+    table = NodeHeartbeat._meta.db_table
+    conn = my_connect(db.name)
+    try:
+        my_execute(conn, f"ALTER TABLE {table} ENGINE=MyISAM")
+    finally:
+        conn.close()
+    broken = check(TS_DB_ISOLATION="read uncommitted")
+    assert broken.returncode == exitcodes.EX_CHECK_FAILED
+    assert "Database 'default' (MariaDB) runs at READ UNCOMMITTED" in broken.stderr
+    assert f"Table {table} of database 'default' (MariaDB) uses the MyISAM storage engine" in broken.stderr

@@ -49,7 +49,11 @@ elif _engine in ("mariadb", "mariadb-rr"):
             "USER": os.environ.get("TS_DB_USER", "ts_test"),
             "PASSWORD": os.environ.get("TS_DB_PASSWORD", "ts_test"),
             "CONN_MAX_AGE": 0,
-            "OPTIONS": {"isolation_level": "repeatable read" if _engine == "mariadb-rr" else "read committed"},
+            "OPTIONS": {
+                "isolation_level": os.environ.get(
+                    "TS_DB_ISOLATION", "repeatable read" if _engine == "mariadb-rr" else "read committed"
+                )
+            },
         }
     }
 else:
