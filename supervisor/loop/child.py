@@ -13,7 +13,7 @@ from typing import Any
 from task_supervisor import events
 from task_supervisor.loop.proc import ProcessCalls
 from task_supervisor.wire import control, protocol
-from task_supervisor.wire.spec import CHILD_EXIT_BOOT_FAILED, ChildSpec
+from task_supervisor.wire.spec import CHILD_EXIT_BOOT_FAILED, CHILD_EXIT_LEASE_LOST, ChildSpec
 
 log = logging.getLogger("task_supervisor.loop.arbiter")
 
@@ -65,7 +65,10 @@ def describe_status(status: int, killed_for: str | None = None) -> str:
         elif signum == signal.SIGSEGV:
             text += " (segmentation fault)"
         return text
-    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+    code = os.waitstatus_to_exitcode(status)
+    if code == CHILD_EXIT_LEASE_LOST:
+        return f"exited with code {code} (its lease ran out mid-task: the verdict was left to recovery)"
+    return f"exited with code {code}"
 
 
 EXIT_EVENTS = {

@@ -13,6 +13,9 @@ CHILD_EXIT_OK = 0
 CHILD_EXIT_BOOT_FAILED = 78  # could not set Django up or reach the database
 CHILD_EXIT_CRASHED = 70  # db_worker raised (for instance the database went away mid-run)
 CHILD_EXIT_ORPHANED = 75  # the supervisor was already gone when the child started
+# Its task's verdict was refused for want of the node's lease: it exits so that its supervisor
+# records the row as a dead worker's (on_worker_lost), or leaves it to the node that recovered it.
+CHILD_EXIT_LEASE_LOST = 71
 
 SCHEDULER = "scheduler"  # ChildSpec.role of the scheduler child
 

@@ -31,7 +31,7 @@ from task_supervisor import events
 from task_supervisor.exceptions import LeaseExpired, TaskCancelled, TaskTimeout
 from task_supervisor.wire import protocol
 from task_supervisor.wire.control import LEASE_GRACE, LEASE_MARGIN, TIMEOUT_SIGNAL
-from task_supervisor.wire.spec import CHILD_EXIT_CRASHED
+from task_supervisor.wire.spec import CHILD_EXIT_LEASE_LOST
 
 log = logging.getLogger("task_supervisor.worker")
 
@@ -123,7 +123,7 @@ class ControlChannel:
             # try to write it. The fence logged task_fenced; the supervisor logs the exit.
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(CHILD_EXIT_CRASHED)
+            os._exit(CHILD_EXIT_LEASE_LOST)
         if self.leased:
             signal.setitimer(signal.ITIMER_REAL, 0)  # also calls off a pending hard stop
             signal.signal(signal.SIGALRM, signal.SIG_IGN)

@@ -130,3 +130,28 @@ def test_lease_lost_from_the_supervisor_and_pings():
     status, reports = in_child(scenario)
     assert os.waitstatus_to_exitcode(status) == 0
     assert [r["event"] for r in reports] == [protocol.PONG, protocol.LEASE_EXPIRED] and reports[0]["seq"] == 7
+
+
+def test_a_verdict_refused_for_want_of_the_lease_ends_the_child_before_it_reports_the_task_finished():
+    from task_supervisor.loop.child import describe_status
+    from task_supervisor.wire.spec import CHILD_EXIT_LEASE_LOST
+
+    def scenario(channel: ControlChannel, w: int) -> int:
+        control.send_lease(w, lease_for(ALARM))
+        channel.lease_valid()
+        channel.current.task_id = "t5"
+        channel.task_started()
+        try:
+            time.sleep(5)
+        except LeaseExpired:
+            pass
+        if channel.lease_valid():  # the fence asks before writing the verdict: refused
+            return 1
+        channel.current.task_id = None
+        channel.task_finished()  # does not return: the row is left to recovery
+        return 2
+
+    status, reports = in_child(scenario)
+    assert os.waitstatus_to_exitcode(status) == CHILD_EXIT_LEASE_LOST
+    assert "lease ran out" in describe_status(status)
+    assert [r["event"] for r in reports] == [protocol.LEASE_EXPIRED]
