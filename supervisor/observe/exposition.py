@@ -58,6 +58,53 @@ def _json(data: Any) -> bytes:
     return json.dumps(data).encode() + b"\n"
 
 
+# The counters kept in Stats, exported as they are: (name, help, labels, Stats attribute).
+COUNTERS = (
+    ("task_supervisor_restarts", "Child exits by pool and reason.", ["pool", "reason"], "restarts"),
+    ("task_supervisor_tasks_started", "Tasks started per pool.", ["pool"], "tasks_started"),
+    ("task_supervisor_tasks_finished", "Tasks finished per pool and status.", ["pool", "status"], "tasks_finished"),
+    (
+        "task_supervisor_timeouts",
+        "Task timeouts: soft (TaskTimeout raised) or hard (killed).",
+        ["pool", "kind"],
+        "timeouts",
+    ),
+    ("task_supervisor_lost_tasks", "Tasks whose worker died, by outcome.", ["pool", "outcome"], "lost_tasks"),
+    ("task_supervisor_retries", "Retries scheduled and retry budgets exhausted.", ["pool", "outcome"], "retries"),
+    (
+        "task_supervisor_fenced_writes",
+        "Task finishes not written: the row was no longer RUNNING under the worker's id.",
+        ["pool"],
+        "fenced_writes",
+    ),
+    (
+        "task_supervisor_children_hung",
+        "Children found hung (stopped, or silent while idle) and replaced.",
+        ["pool"],
+        "hung",
+    ),
+    ("task_supervisor_scale_events", "Autoscaling decisions.", ["pool", "direction"], "scale_events"),
+    (
+        "task_supervisor_schedule_slots",
+        "Scheduler slots by outcome: fired here, taken by another replica, overlap (skipped), missed.",
+        ["schedule", "outcome"],
+        "slots",
+    ),
+    (
+        "task_supervisor_pruned_rows",
+        "Rows deleted by retention: successful and failed task rows, schedule run log rows.",
+        ["kind"],
+        "pruned",
+    ),
+    (
+        "task_supervisor_cancels",
+        "Running tasks told to stop because an operator cancelled them.",
+        ["pool"],
+        "cancels",
+    ),
+)
+
+
 class SupervisorCollector(Collector):
     """Reads the supervisor's snapshot and counters at each scrape."""
 
@@ -73,132 +120,86 @@ class SupervisorCollector(Collector):
         yield _gauge(
             "task_supervisor_uptime_seconds", "Seconds since the supervisor started.", [], [([], snap["uptime"])]
         )
-        children = GaugeMetricFamily(
-            "task_supervisor_children", "Children per pool and state.", labels=["pool", "state"]
-        )
-        size = GaugeMetricFamily(
-            "task_supervisor_pool_processes", "Pool size: desired, min and max.", labels=["pool", "bound"]
-        )
-        for pool in snap["pools"]:
-            for state in ("starting", "idle", "busy", "stopping"):
-                count = sum(1 for c in pool["children"] if c["state"] == state)
-                children.add_metric([pool["name"], state], count)
-            for bound in ("desired", "min", "max"):
-                size.add_metric([pool["name"], bound], pool[bound])
-        yield children
-        yield size
-        yield _counter(
-            "task_supervisor_restarts", "Child exits by pool and reason.", ["pool", "reason"], stats.restarts
-        )
-        yield _counter(
-            "task_supervisor_tasks_started",
-            "Tasks started per pool.",
-            ["pool"],
-            {(k,): v for k, v in stats.tasks_started.items()},
-        )
-        yield _counter(
-            "task_supervisor_tasks_finished",
-            "Tasks finished per pool and status.",
-            ["pool", "status"],
-            stats.tasks_finished,
-        )
-        yield _counter(
-            "task_supervisor_timeouts",
-            "Task timeouts: soft (TaskTimeout raised) or hard (killed).",
-            ["pool", "kind"],
-            stats.timeouts,
-        )
-        yield _counter(
-            "task_supervisor_lost_tasks", "Tasks whose worker died, by outcome.", ["pool", "outcome"], stats.lost_tasks
-        )
-        yield _counter(
-            "task_supervisor_retries",
-            "Retries scheduled and retry budgets exhausted.",
-            ["pool", "outcome"],
-            stats.retries,
-        )
-        yield _counter(
-            "task_supervisor_fenced_writes",
-            "Task finishes not written: the row was no longer RUNNING under the worker's id.",
-            ["pool"],
-            {(k,): v for k, v in stats.fenced_writes.items()},
-        )
-        yield _counter(
-            "task_supervisor_children_hung",
-            "Children found hung (stopped, or silent while idle) and replaced.",
-            ["pool"],
-            {(k,): v for k, v in stats.hung.items()},
-        )
-        lease = snap.get("lease") or {}
-        if lease.get("enabled"):
-            yield _gauge(
-                "task_supervisor_lease_remaining_seconds",
-                "Seconds until this node's running tasks are stopped unless a heartbeat renews its lease.",
-                [],
-                [([], lease["remaining"])],
-            )
-            yield _counter(
-                "task_supervisor_lease_losses", "Times the lease ran out before a renewal.", [], {(): lease["losses"]}
-            )
-        yield _counter(
-            "task_supervisor_scale_events", "Autoscaling decisions.", ["pool", "direction"], stats.scale_events
-        )
-        yield _gauge(
-            "task_supervisor_queue_depth",
-            "READY tasks that may run now, per queue.",
-            ["queue"],
-            [([q], n) for q, n in stats.queue_depth.items()],
-        )
-        yield _gauge(
-            "task_supervisor_oldest_ready_age_seconds",
-            "Age of the oldest READY task, per queue.",
-            ["queue"],
-            [([q], a) for q, a in stats.oldest_ready_age.items()],
-        )
-        yield _counter(
-            "task_supervisor_schedule_slots",
-            "Scheduler slots by outcome: fired here, taken by another replica, overlap (skipped), missed.",
-            ["schedule", "outcome"],
-            stats.slots,
-        )
-        lag = SummaryMetricFamily(
-            "task_supervisor_schedule_lag_seconds",
-            "Seconds from a slot's time to its task row's commit, over the slots fired here.",
-            labels=["schedule"],
-        )
-        for name, total in sorted(stats.slot_lag_total.items()):
-            lag.add_metric([name], count_value=stats.slots[(name, "fired")], sum_value=total)
-        yield lag
-        yield _gauge(
-            "task_supervisor_schedule_last_lag_seconds",
-            "Lag of the latest slot fired here, per schedule.",
-            ["schedule"],
-            [([k], v) for k, v in stats.slot_lag.items()],
-        )
-        yield _counter(
-            "task_supervisor_pruned_rows",
-            "Rows deleted by retention: successful and failed task rows, schedule run log rows.",
-            ["kind"],
-            {(k,): v for k, v in stats.pruned.items()},
-        )
-        yield _counter(
-            "task_supervisor_cancels",
-            "Running tasks told to stop because an operator cancelled them.",
-            ["pool"],
-            {(k,): v for k, v in stats.cancels.items()},
-        )
-        yield _gauge(
-            "task_supervisor_queue_paused",
-            "1 for each queue an operator paused (no child claims from it).",
-            ["queue"],
-            [([q], float(v)) for q, v in stats.paused_queues.items()],
-        )
+        yield from _pools(snap)
+        for name, text, labels, attribute in COUNTERS:
+            counts = getattr(stats, attribute)
+            yield _counter(name, text, labels, {k if isinstance(k, tuple) else (k,): v for k, v in counts.items()})
+        yield from _lease(snap)
+        yield from _queues(stats)
+        yield from _schedule_lag(stats)
         yield _gauge(
             "task_supervisor_database_up",
             "1 when the supervisor's last database work succeeded.",
             [],
             [([], 1.0 if snap["database"]["ok"] else 0.0)],
         )
+
+
+def _pools(snap: Snapshot) -> Iterator[Any]:
+    children = GaugeMetricFamily("task_supervisor_children", "Children per pool and state.", labels=["pool", "state"])
+    size = GaugeMetricFamily(
+        "task_supervisor_pool_processes", "Pool size: desired, min and max.", labels=["pool", "bound"]
+    )
+    for pool in snap["pools"]:
+        for state in ("starting", "idle", "busy", "stopping"):
+            count = sum(1 for c in pool["children"] if c["state"] == state)
+            children.add_metric([pool["name"], state], count)
+        for bound in ("desired", "min", "max"):
+            size.add_metric([pool["name"], bound], pool[bound])
+    yield children
+    yield size
+
+
+def _lease(snap: Snapshot) -> Iterator[Any]:
+    lease = snap.get("lease") or {}
+    if lease.get("enabled"):
+        yield _gauge(
+            "task_supervisor_lease_remaining_seconds",
+            "Seconds until this node's running tasks are stopped unless a heartbeat renews its lease.",
+            [],
+            [([], lease["remaining"])],
+        )
+        yield _counter(
+            "task_supervisor_lease_losses", "Times the lease ran out before a renewal.", [], {(): lease["losses"]}
+        )
+
+
+def _queues(stats: Stats) -> Iterator[Any]:
+    yield _gauge(
+        "task_supervisor_queue_depth",
+        "READY tasks that may run now, per queue.",
+        ["queue"],
+        [([q], n) for q, n in stats.queue_depth.items()],
+    )
+    yield _gauge(
+        "task_supervisor_oldest_ready_age_seconds",
+        "Age of the oldest READY task, per queue.",
+        ["queue"],
+        [([q], a) for q, a in stats.oldest_ready_age.items()],
+    )
+    yield _gauge(
+        "task_supervisor_queue_paused",
+        "1 for each queue an operator paused (no child claims from it).",
+        ["queue"],
+        [([q], float(v)) for q, v in stats.paused_queues.items()],
+    )
+
+
+def _schedule_lag(stats: Stats) -> Iterator[Any]:
+    lag = SummaryMetricFamily(
+        "task_supervisor_schedule_lag_seconds",
+        "Seconds from a slot's time to its task row's commit, over the slots fired here.",
+        labels=["schedule"],
+    )
+    for name, total in sorted(stats.slot_lag_total.items()):
+        lag.add_metric([name], count_value=stats.slots[(name, "fired")], sum_value=total)
+    yield lag
+    yield _gauge(
+        "task_supervisor_schedule_last_lag_seconds",
+        "Lag of the latest slot fired here, per schedule.",
+        ["schedule"],
+        [([k], v) for k, v in stats.slot_lag.items()],
+    )
 
 
 def _gauge(name: str, text: str, labels: list[str], values: list[tuple[list[str], float]]) -> GaugeMetricFamily:
