@@ -26,6 +26,10 @@ _FIELDS = (
     "processes",
     "killed_for",
     "owner",
+    "verb",
+    "actor",
+    "rows",
+    "kind",
 )
 
 

@@ -67,6 +67,7 @@ def snapshot(sup: Supervisor, now: float, wall: float) -> dict[str, Any]:
             "last_beat": janitor.last_beat if janitor else None,
             "node_timeout": sup.config.supervisor.node_timeout,
         },
+        "paused_queues": sorted(sup.stats.paused_queues),
         "lease": {
             "enabled": sup.lease.enabled,
             "held": sup.lease.holds(now),

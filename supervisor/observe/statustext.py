@@ -48,6 +48,15 @@ def render(snapshot: dict[str, Any]) -> str:
         "heartbeat: "
         + (f"last {beat['last_beat']} (node_timeout {beat['node_timeout']:g}s)" if beat["enabled"] else "off")
     )
+    lease = snapshot.get("lease") or {}
+    if lease.get("enabled"):
+        held = f"held, {lease['remaining']:.1f}s left" if lease["held"] else "NOT HELD: running tasks are stopped"
+        lines.append(f"lease: {held} (lost {lease['losses']} times)")
+    if paused := snapshot.get("paused_queues"):
+        lines.append(f"paused queues: {', '.join(paused)}")
+    hung = [c["worker_id"] for pool in snapshot["pools"] for c in pool["children"] if c.get("hung")]
+    if hung:
+        lines.append(f"hung children being replaced: {', '.join(hung)}")
     for retry in snapshot.get("retries", []):
         lines.append(
             f"retry: {retry['path']} {retry['task_id']} after attempt {retry['attempts']}, "
