@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import weakref
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -70,6 +71,9 @@ class Outcome:
     last_attempt: bool = False  # a retry policy applied but its attempts ran out
 
 
+_LIMITED: weakref.WeakSet[Any] = weakref.WeakSet()  # MySQLdb connections whose session limits are set
+
+
 @contextlib.contextmanager
 def bounded(backend: TaskBackend) -> Iterator[None]:
     """A transaction that cannot stall the supervisor: short lock waits, short statements.
@@ -84,11 +88,13 @@ def bounded(backend: TaskBackend) -> Iterator[None]:
     utils = importlib.import_module(f"{backend.package}.utils")
     connect(connection)
     timebox.watch(connection)
-    if connection.vendor == "mysql":
-        # Session variables, there being no SET LOCAL: this connection is the supervisor's own,
-        # and every other statement it runs (dead_nodes, forget_node) is bounded the same way.
+    if connection.vendor == "mysql" and connection.connection not in _LIMITED:
+        # Session variables, there being no SET LOCAL, set once per connection: it is the
+        # supervisor's own, and every other statement it runs (dead_nodes, forget_node) is bounded
+        # the same way.
         with connection.cursor() as cursor:
             cursor.execute(mysql_limits(connection.mysql_is_mariadb))
+        _LIMITED.add(connection.connection)
     with utils.exclusive_transaction(backend.db_alias):
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
