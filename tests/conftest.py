@@ -1,7 +1,9 @@
 """Fixtures shared by every tier: a Django set up in-process, fresh databases, real supervisors.
 
-Every test that takes ``db`` runs twice, on SQLite and on PostgreSQL (127.0.0.1:5432). When
-PostgreSQL does not answer, those tests fail: a skipped database is a hole.
+Every test that takes ``db`` runs twice, on SQLite and on PostgreSQL (127.0.0.1:5432); the tests
+chosen for the MariaDB leg (127.0.0.1:3306) say so with ``parametrize("db", [..., "mariadb"])``,
+"mariadb" under READ COMMITTED (Django's default) or "mariadb-rr" under REPEATABLE READ (the
+server's). When a database does not answer, its tests fail: a skipped database is a hole.
 """
 
 from __future__ import annotations
