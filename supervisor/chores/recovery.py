@@ -29,7 +29,6 @@ PolicyFor = Callable[[str], "RetryPolicy | None"]  # task path -> its retry poli
 log = logging.getLogger(__name__)
 
 STATEMENT_TIMEOUT_MS = 2000  # the supervisor's own queries never hold its loop longer than this
-CONNECT_TIMEOUT_S = 2  # seconds mysqlclient may take to open the supervisor's connection (whole seconds)
 # Seconds MariaDB keeps a session whose transaction sits idle. No transaction of ours outlives
 # the chores' time box (2.5 s) unless the process is frozen; a client cut off behind a proxy that
 # keeps the server's side open is, and its row locks (its own heartbeat row among them) must not
@@ -86,7 +85,7 @@ def bounded(backend: TaskBackend) -> Iterator[None]:
 
     connection = connections[backend.db_alias]
     utils = importlib.import_module(f"{backend.package}.utils")
-    connect(connection)
+    connection.ensure_connection()  # mysqlclient: within the connect_timeout the time box lends
     timebox.watch(connection)
     if connection.vendor == "mysql" and connection.connection not in _LIMITED:
         # Session variables, there being no SET LOCAL, set once per connection: it is the
@@ -101,30 +100,6 @@ def bounded(backend: TaskBackend) -> Iterator[None]:
                 cursor.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
                 cursor.execute(f"SET LOCAL lock_timeout = {STATEMENT_TIMEOUT_MS}")
         yield
-
-
-def connect(connection: Any) -> None:
-    """Open the connection if it is closed, in no longer than the chores may take.
-
-    mysqlclient opens it inside C, where neither the alarm nor the watchdog (which has no socket
-    to cut yet) can end the wait: only its own connect_timeout (which also bounds the handshake)
-    does, set here for the supervisor's connection alone. PostgreSQL and SQLite need nothing: a
-    psycopg connect ends at the alarm.
-    """
-    if connection.connection is not None or connection.vendor != "mysql":
-        connection.ensure_connection()
-        return
-    # The settings are the children's too (they are forked later): the limit is lent, not left.
-    options = connection.settings_dict.setdefault("OPTIONS", {})
-    before = options.get("connect_timeout")
-    options["connect_timeout"] = min(int(before or CONNECT_TIMEOUT_S), CONNECT_TIMEOUT_S)
-    try:
-        connection.ensure_connection()
-    finally:
-        if before is None:
-            del options["connect_timeout"]
-        else:
-            options["connect_timeout"] = before
 
 
 def mysql_limits(mariadb: bool) -> str:

@@ -18,6 +18,12 @@ Two hands do this, because drivers wait in two ways:
   do costs no thread (starting one costs a few hundred microseconds, and the loop turns on every
   report of a child), and it is joined before the box is left: the loop forks children and
   refuses to while another thread lives.
+- A connection opened inside the box, first or again (Django reconnects to restore autocommit
+  after a rollback failed on a cut connection), has no socket to cut until it is open, and
+  mysqlclient opens it inside C: its own ``connect_timeout`` (which bounds the handshake too) is
+  the only limit. The box lends it to the MySQL connections it watches: the seconds of the box,
+  and 1 s (the least) once the box has expired. The settings are the children's too (they are
+  forked later, never inside a box): the value is lent, not left.
 - SIGALRM raises TimeboxExceeded in the loop's own thread. That ends a wait that runs Python code
   or checks for signals (psycopg's waits do both) where no socket can be cut yet: opening a
   connection, for instance. With mysqlclient its handler runs late, whenever the C call returns,
@@ -69,7 +75,7 @@ def timebox(seconds: float, what: str, aliases: Iterable[str] = ()) -> Iterator[
     began = time.monotonic()
     outer_timer = signal.setitimer(signal.ITIMER_REAL, seconds, REPEAT)
     try:
-        with box.watching(aliases):
+        with box.watching(aliases, seconds):
             yield
     except TimeboxExceeded:
         raise
@@ -110,15 +116,35 @@ class _Box:
         self.expired = False
         self.sockets: dict[int, socket.socket] = {}  # id of the driver's connection -> a dup of its socket
         self.watchdog: _Watchdog | None = None
+        self.lent: list[dict[str, Any]] = []  # OPTIONS of MySQL connections, connect_timeout lent
 
     @contextlib.contextmanager
-    def watching(self, aliases: Iterable[str]) -> Iterator[None]:
+    def watching(self, aliases: Iterable[str], seconds: float) -> Iterator[None]:
         from django.db import connections
 
         with contextlib.ExitStack() as stack:
             for alias in sorted(set(aliases)):
-                stack.enter_context(connections[alias].execute_wrapper(self.statement))
+                wrapper = connections[alias]
+                stack.enter_context(wrapper.execute_wrapper(self.statement))
+                if wrapper.vendor == "mysql":
+                    stack.enter_context(self.lend_connect_timeout(wrapper.settings_dict, seconds))
             yield
+
+    @contextlib.contextmanager
+    def lend_connect_timeout(self, settings: dict[str, Any], seconds: float) -> Iterator[None]:
+        options = settings.setdefault("OPTIONS", {})
+        missing = "connect_timeout" not in options
+        before = options.get("connect_timeout")
+        options["connect_timeout"] = min(int(before or seconds), max(1, int(seconds)))  # whole seconds, 0 is none
+        self.lent.append(options)
+        try:
+            yield
+        finally:
+            self.lent.remove(options)
+            if missing:
+                options.pop("connect_timeout", None)
+            else:
+                options["connect_timeout"] = before
 
     def statement(self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any) -> Any:
         """Django's execute wrapper: note the connection's socket before each statement runs."""
@@ -143,8 +169,10 @@ class _Box:
             self.watchdog.start()
 
     def cut(self) -> None:
-        """Shut down every socket the block used (from any thread)."""
+        """Shut down every socket the block used (from any thread); connect again only briefly."""
         self.expired = True
+        for options in list(self.lent):
+            options["connect_timeout"] = 1
         for sock in list(self.sockets.values()):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)

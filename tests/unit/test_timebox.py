@@ -142,6 +142,32 @@ def test_mysqlclient_on_a_stalled_network_is_cut_before_the_first_statement_too(
     assert DEADLINE <= seconds < DEADLINE + LATE, seconds
 
 
+def test_mysqlclient_stalled_inside_a_transaction_reconnects_only_briefly(stalled):
+    """The rollback fails on the cut connection, so Django closes it and connects again to restore
+    autocommit, still inside the box: that connect ends at the 1 s connect_timeout lent after the
+    deadline, not when the network comes back."""
+    from task_supervisor import compat
+
+    backend = compat.resolve("default")
+    with recovery.bounded(backend):
+        run("SELECT 1")  # the session limits are set: the next transaction's first call is autocommit(False)
+
+    def transaction() -> None:
+        with timebox(DEADLINE, "the test's transaction", ["default"]), recovery.bounded(backend):
+            run("SELECT 1")
+            stalled.stall()
+            run("SELECT 2")
+
+    seconds, raised = held(transaction)
+    stalled.restore()
+    assert isinstance(raised, TimeboxExceeded), raised
+    assert DEADLINE <= seconds < DEADLINE + 1 + LATE, seconds
+    from django.db import connection
+
+    assert "connect_timeout" not in connection.settings_dict["OPTIONS"]  # lent, and given back
+    assert run("SELECT 1") == [(1,)]
+
+
 # -- the server's own limits, set by bounded() ------------------------------------------------
 
 LIMIT = recovery.STATEMENT_TIMEOUT_MS / 1000
