@@ -10,12 +10,17 @@ PY311 := $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: demo test venvs lint bench clean
+.PHONY: demo test venvs system-packages lint bench clean
 
 $(VENV)/.stamp: pyproject.toml
 	@test -n "$(PY312)" || { echo "Python 3.12 or newer is needed (Django 6); install it or pyenv 3.12" >&2; exit 1; }
 	test -x $(VENV)/bin/python || $(PY312) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[db,postgres,mysql,test]'
+	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[db,postgres,test]'
+	touch $@
+
+# mysqlclient (the MariaDB leg of the tests) builds against Debian packages: the demo does without.
+$(VENV)/.mysql-stamp: $(VENV)/.stamp | system-packages
+	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[mysql]'
 	touch $@
 
 # Setup (b): Django 5.2 + django-tasks 0.12 + django-tasks-db.
@@ -30,7 +35,11 @@ $(VENV)/.stamp: pyproject.toml
 	.venv-compat-c/bin/pip install $(PIP_QUIET) 'django>=5.2,<6' 'django-tasks==0.11.*' 'psycopg[binary]' -e .
 	touch $@
 
-venvs: $(VENV)/.stamp .venv-compat-b/.stamp .venv-compat-c/.stamp
+venvs: $(VENV)/.stamp $(VENV)/.mysql-stamp .venv-compat-b/.stamp .venv-compat-c/.stamp
+
+# Debian packages the suite needs (mysqlclient's build, libfaketime), installed when missing.
+system-packages:
+	bash tests/system-packages.sh
 
 demo: $(VENV)/.stamp
 	$(VENV)/bin/python example/manage.py migrate -v0

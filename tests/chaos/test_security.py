@@ -54,7 +54,7 @@ def test_control_socket_is_private_and_http_defaults_to_loopback(supervisor, db:
 
     port = free_port()
     sup = supervisor(text.replace('http = ""', f'http = "127.0.0.1:{port}"'))  # the default socket path
-    (child,) = sup.wait_children(1)
+    child = psutil.Process(sup.wait_event(events.CHILD_STARTED)["pid"])  # not a helper's short-lived child
     wait_until(lambda: http_get(port, "/livez")[0] == 200, message="the HTTP listener")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(sup.workdir))  # what the fixture gives each supervisor
     path = endpoints.default_socket_path(node)
