@@ -21,8 +21,8 @@ from collections.abc import Callable
 from django.utils import timezone
 
 from task_supervisor import events
-from task_supervisor.chores import cancels, recovery
-from task_supervisor.chores.recovery import FailedTask, LostTask, Outcome
+from task_supervisor.chores import cancels, outcomes, recovery
+from task_supervisor.chores.recovery import FailedTask, LostTask
 from task_supervisor.chores.retention import Retention
 from task_supervisor.chores.timebox import timebox
 from task_supervisor.compat import TaskBackend
@@ -64,6 +64,7 @@ class Janitor:
         self.retry_at = 0.0
         self.retry_delay = RETRY_MIN
         self.next_beat = 0.0
+        self.next_dead_check = 0.0
         self.started_at = timezone.now()
         self.heartbeats = recovery.heartbeats_installed()
         self.next_sweep = 0.0
@@ -183,6 +184,7 @@ class Janitor:
             moments.append(self.retry_at)
         if self.heartbeats:
             moments.append(self.next_beat)
+            moments.append(max(self.retry_at, self.next_dead_check))
             moments.append(max(self.retry_at, self.next_cancels))
             if self.config.retention.enabled:
                 moments.append(max(self.retry_at, self.retention.next_due()))
@@ -193,6 +195,7 @@ class Janitor:
 
         Returns the cancel requests found for tasks our children run: (task id, worker id).
         """
+        self._renew_lease(now, pools)
         self._attempt(now, lambda: self._chores(now, live_worker_ids, pools))
         due, self.cancels_due = self.cancels_due, []
         return due
@@ -211,10 +214,9 @@ class Janitor:
 
     def _chores(self, now: float, live_worker_ids: set[str], pools: list[str]) -> None:
         self._finish_pending()
-        if self.heartbeats and now >= self.next_beat:
-            self._beat(live_worker_ids, pools)
-            self.next_beat = now + self.config.supervisor.beat_interval
-            self.last_beat = timezone.now().isoformat()
+        if self.heartbeats and now >= self.next_dead_check:
+            self._recover_dead_nodes()
+            self.next_dead_check = now + self.config.supervisor.beat_interval
         if now >= self.next_depth:
             self._measure_queues()
             self.next_depth = now + QUEUE_DEPTH_INTERVAL
@@ -261,12 +263,12 @@ class Janitor:
                     None if item.exception_path == CANCELLED else self.config.retry_policy(pool, path)
                 )
                 for outcome in recovery.finish(backend, item, policy_for, self.rng):
-                    self._lost_handled(pool, item, outcome)
+                    outcomes.lost_handled(self.stats, self.retries_scheduled, pool, item, outcome)
             else:
                 policy = self.config.retry_policy(pool, item.path)
                 outcome = recovery.retry_failed(backend, item, policy, self.rng) if policy else None
                 if outcome is not None:
-                    self._retry_handled(pool, item.exception_path, outcome)
+                    outcomes.retry_handled(self.stats, self.retries_scheduled, pool, item.exception_path, outcome)
             self.pending.popleft()
 
     def _cancelled_loss(self, backend: TaskBackend, lost: LostTask) -> LostTask:
@@ -274,57 +276,6 @@ class Janitor:
         if lost.exception_path == CANCELLED or not self.heartbeats or not cancels.requested(backend, lost.worker_id):
             return lost
         return dataclasses.replace(lost, exception_path=CANCELLED, message=f"{lost.message} It had been cancelled.")
-
-    def _lost_handled(self, pool: str, lost: LostTask, outcome: Outcome) -> None:
-        self.stats.lost_tasks[(pool, "requeued" if outcome.status == "READY" else "failed")] += 1
-        if outcome.run_after is not None or outcome.last_attempt:
-            self._retry_handled(pool, lost.exception_path, outcome)
-        level = logging.WARNING if outcome.status == "READY" else logging.ERROR
-        verb = "requeued" if outcome.status == "READY" else "marked FAILED"
-        log.log(
-            level,
-            "Task %s %s (attempt %d, %s): %s",
-            outcome.task_id,
-            verb,
-            outcome.attempts,
-            lost.exception_path.rsplit(".", 1)[-1],
-            lost.message,
-            extra={
-                "event": events.TASK_LOST_HANDLED,
-                "task_id": outcome.task_id,
-                "status": outcome.status,
-                "pool": pool,
-                "worker_id": lost.worker_id,
-                "attempt": outcome.attempts,
-            },
-        )
-
-    def _retry_handled(self, pool: str, exception_path: str, outcome: Outcome) -> None:
-        extra = {"task_id": outcome.task_id, "pool": pool, "attempt": outcome.attempts}
-        if outcome.last_attempt:
-            self.stats.retries[(pool, "exhausted")] += 1
-            self.retries_scheduled.pop(outcome.task_id, None)
-            log.error(
-                "Task %s (%s) failed with %s on its last attempt (%d); it stays FAILED",
-                outcome.task_id,
-                outcome.path,
-                exception_path,
-                outcome.attempts,
-                extra={**extra, "event": events.RETRY_EXHAUSTED},
-            )
-        elif outcome.run_after is not None:
-            self.stats.retries[(pool, "scheduled")] += 1
-            when = outcome.run_after.isoformat()
-            self.retries_scheduled[outcome.task_id] = (outcome.path, outcome.attempts, when)
-            log.warning(
-                "Task %s (%s) failed with %s on attempt %d; retrying at %s",
-                outcome.task_id,
-                outcome.path,
-                exception_path,
-                outcome.attempts,
-                when,
-                extra={**extra, "event": events.RETRY_SCHEDULED},
-            )
 
     def _measure_queues(self) -> None:
         """READY depth and age of the oldest READY task per queue, and the paused queues, for
@@ -347,11 +298,29 @@ class Janitor:
         self.stats.queue_depth = depth
         self.stats.oldest_ready_age = oldest
 
-    def _beat(self, live_worker_ids: set[str], pools: list[str]) -> None:
+    def _renew_lease(self, now: float, pools: list[str]) -> None:
+        """Send the heartbeat, which renews this node's lease, in an attempt of its own.
+
+        Its own time box and its own backoff: a chore that keeps failing (a lost row the database
+        refuses to update, say) must not hold back the beat, or the lease would run out and stop
+        every running task while the database answers.
+        """
+        if not self.heartbeats or now < self.next_beat:
+            return
         backend = self.distinct_backends()[0]
         sent_at = self.clock()  # the database stamps the beat no earlier: the lease counts from here
-        recovery.beat(self.node, pools, self.started_at, backend)
+        try:
+            with timebox(CHORES_DEADLINE, "the heartbeat", self.aliases()):
+                recovery.beat(self.node, pools, self.started_at, backend)
+        except Exception as exc:  # a database error of any driver: retry with the chores' backoff
+            self._chores_failed(now, exc)
+            self.next_beat = self.retry_at
+            return
         self.lease_sent_at = sent_at
+        self.next_beat = now + self.config.supervisor.beat_interval
+        self.last_beat = timezone.now().isoformat()
+
+    def _recover_dead_nodes(self) -> None:
         for node in recovery.dead_nodes(self.config.supervisor.node_timeout, self.node):
             log.warning(
                 "Node %s stopped sending heartbeats; recovering its running tasks",

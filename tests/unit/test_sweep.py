@@ -171,6 +171,54 @@ def test_exits_remembered_are_bounded(monkeypatch):
     assert list(janitor.exited) == ["n1:default:0:3", "n1:default:0:4", "n1:default:0:5"]
 
 
+# -- the heartbeat, which renews the lease, in an attempt of its own -----------------------
+
+
+def beating_janitor(monkeypatch: pytest.MonkeyPatch, beat_fails: bool) -> tuple[Janitor, list[float], Clock]:
+    """A janitor with heartbeats on, whose every lost row the database refuses to finish."""
+    janitor, database, clock = make_janitor(monkeypatch)
+    janitor.heartbeats = True
+    beats: list[float] = []
+
+    def beat(node: str, pools: list[str], started_at: Any, backend: Any) -> None:
+        if beat_fails:
+            raise RuntimeError("connection refused")
+        beats.append(clock.now)
+
+    def refuse(backend: Any, lost: LostTask, policy_for: Any, rng: Any) -> list:
+        raise RuntimeError("lock wait timeout exceeded")
+
+    monkeypatch.setattr(recovery, "beat", beat)
+    monkeypatch.setattr(recovery, "finish", refuse)
+    monkeypatch.setattr(recovery, "dead_nodes", lambda timeout, own: [])
+    exit_of(janitor, "n1:default:0:1")
+    return janitor, beats, clock
+
+
+def test_a_lost_row_that_keeps_failing_never_holds_back_the_heartbeat(monkeypatch):
+    janitor, beats, clock = beating_janitor(monkeypatch, beat_fails=False)
+    interval = janitor.config.supervisor.beat_interval
+    start = clock.now
+    while clock.now < start + 60:
+        janitor.tick(clock.now, {"n1:default:0:2"}, ["default"])
+        clock.now = max(janitor.next_due(), clock.now + 0.1)
+    # The chores back off to RETRY_MAX and the row stays pending, yet the lease is renewed on time.
+    assert janitor.pending and not janitor.db_ok and janitor.retry_delay == janitor_module.RETRY_MAX
+    gaps = [later - earlier for earlier, later in zip(beats, beats[1:])]
+    assert beats[0] == start and max(gaps) <= interval + 0.1, gaps
+    assert janitor.lease_sent_at == beats[-1]
+
+
+def test_a_heartbeat_that_fails_backs_off_and_holds_the_other_chores(monkeypatch):
+    janitor, beats, clock = beating_janitor(monkeypatch, beat_fails=True)
+    finished: list[LostTask] = []
+    monkeypatch.setattr(recovery, "finish", lambda backend, lost, policy_for, rng: finished.append(lost) or [])
+    janitor.tick(clock.now, set(), ["default"])
+    assert not beats and janitor.lease_sent_at is None and not janitor.db_ok
+    assert not finished and janitor.pending  # the database is down: the row waits, it is not lost
+    assert janitor.next_beat == janitor.retry_at > clock.now
+
+
 # -- the SQL, on SQLite and PostgreSQL -----------------------------------------------------
 
 
