@@ -268,6 +268,37 @@ def close_connections() -> None:
 # -- the child -------------------------------------------------------------------------------
 
 
+def report(runner: Runner, reporter: protocol.Reporter, outcome: Outcome, now: dt.datetime) -> None:
+    """Tell the supervisor what became of a slot, and log it."""
+    schedule = next(s for s in runner.schedules if s.name == outcome.schedule)
+    upcoming = runner.next_slot(schedule)
+    reporter.send(
+        protocol.SLOT_FIRED,
+        schedule=outcome.schedule,
+        slot=outcome.slot.isoformat(),
+        outcome=outcome.kind,
+        lag=round((now - outcome.slot).total_seconds(), 6),
+        task_id=outcome.task_id,
+        next=upcoming.isoformat() if upcoming else None,
+    )
+    level = logging.INFO if outcome.kind in (FIRED, MISSED) else logging.DEBUG
+    log.log(
+        level,
+        "Schedule %s: slot %s %s%s",
+        outcome.schedule,
+        outcome.slot.isoformat(),
+        {FIRED: "enqueued", TAKEN: "taken by another replica", OVERLAP: "skipped (previous run still going)"}.get(
+            outcome.kind, "missed (dropped by the missed-run policy)"
+        ),
+        f" as task {outcome.task_id}" if outcome.task_id else "",
+        extra={
+            "event": SLOT_EVENTS[outcome.kind],
+            "schedule": outcome.schedule,
+            "task_id": outcome.task_id or None,
+        },
+    )
+
+
 def serve(node: str, reporter: protocol.Reporter) -> int:
     """Entry point inside the scheduler child, Django set up; returns the exit code."""
     from django.conf import settings
@@ -287,36 +318,7 @@ def serve(node: str, reporter: protocol.Reporter) -> int:
         reporter.send(protocol.BOOT_FAILED, reason="; ".join(str(p) for p in problems)[:500])
         return CHILD_EXIT_BOOT_FAILED
 
-    def report(outcome: Outcome, now: dt.datetime) -> None:
-        schedule = next(s for s in runner.schedules if s.name == outcome.schedule)
-        upcoming = runner.next_slot(schedule)
-        reporter.send(
-            protocol.SLOT_FIRED,
-            schedule=outcome.schedule,
-            slot=outcome.slot.isoformat(),
-            outcome=outcome.kind,
-            lag=round((now - outcome.slot).total_seconds(), 6),
-            task_id=outcome.task_id,
-            next=upcoming.isoformat() if upcoming else None,
-        )
-        level = logging.INFO if outcome.kind in (FIRED, MISSED) else logging.DEBUG
-        log.log(
-            level,
-            "Schedule %s: slot %s %s%s",
-            outcome.schedule,
-            outcome.slot.isoformat(),
-            {FIRED: "enqueued", TAKEN: "taken by another replica", OVERLAP: "skipped (previous run still going)"}.get(
-                outcome.kind, "missed (dropped by the missed-run policy)"
-            ),
-            f" as task {outcome.task_id}" if outcome.task_id else "",
-            extra={
-                "event": SLOT_EVENTS[outcome.kind],
-                "schedule": outcome.schedule,
-                "task_id": outcome.task_id or None,
-            },
-        )
-
-    runner = Runner(schedules, node, report)
+    runner = Runner(schedules, node, lambda outcome, now: report(runner, reporter, outcome, now))
     try:
         runner.start()
     except Exception as exc:

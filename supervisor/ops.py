@@ -162,6 +162,42 @@ def _matches(r: dict[str, Any], queue: str | None, task: str | None, status: Seq
 # -- cancel ------------------------------------------------------------------------------------
 
 
+Rows = list[dict[str, Any]]
+
+
+def _fail_ready(be: Any, chunk: Rows, message: str) -> tuple[Rows, Rows]:
+    """Cancel the rows of ``chunk`` still READY; returns them, and those claimed meanwhile."""
+    from django.utils import timezone
+
+    ready_ids = [r["id"] for r in chunk]
+    objects = be.model.objects.using(be.db_alias)
+    objects.filter(id__in=ready_ids, status="READY").update(
+        status="FAILED",
+        finished_at=timezone.now(),
+        return_value=None,
+        exception_class_path=CANCELLED,
+        traceback=f"{CANCELLED}: {message}\n",
+    )
+    now_failed = set(objects.filter(id__in=ready_ids, exception_class_path=CANCELLED).values_list("id", flat=True))
+    failed = [{**_row(r), "status": "FAILED"} for r in chunk if r["id"] in now_failed]
+    claimed = list(
+        objects.filter(id__in=[i for i in ready_ids if i not in now_failed], status="RUNNING").values(
+            "id", "task_path", "queue_name", "status", "backend_name", "worker_ids"
+        )
+    )
+    return failed, claimed
+
+
+def _request_stop(be: Any, row: dict[str, Any], actor: str) -> None:
+    """Ask the node running ``row`` to stop it (its janitor polls the requests)."""
+    from task_supervisor.models import CancelRequest
+
+    worker = row["worker_ids"][-1] if isinstance(row["worker_ids"], list) and row["worker_ids"] else ""
+    CancelRequest.objects.using(be.db_alias).update_or_create(
+        task_id=str(row["id"]), defaults={"worker_id": worker, "requested_by": actor[:200], "handled_at": None}
+    )
+
+
 def cancel(
     ids: Sequence[str] = (),
     *,
@@ -174,10 +210,6 @@ def cancel(
     known_queues: Collection[str] | None = None,
 ) -> Outcome:
     """READY tasks become FAILED with TaskCancelled; RUNNING ones are stopped by their node."""
-    from django.utils import timezone
-
-    from task_supervisor.models import CancelRequest
-
     actor = actor or default_actor()
     be = _backend(backend)
     if not ids and queue is None and task is None and status is None:
@@ -195,33 +227,12 @@ def cancel(
     message = f"Task cancelled by {actor}."
     cancelled: list[dict[str, Any]] = []
     for chunk in _chunks([r for r in live if r["status"] == "READY"]):
-        ready_ids = [r["id"] for r in chunk]
-        be.model.objects.using(be.db_alias).filter(id__in=ready_ids, status="READY").update(
-            status="FAILED",
-            finished_at=timezone.now(),
-            return_value=None,
-            exception_class_path=CANCELLED,
-            traceback=f"{CANCELLED}: {message}\n",
-        )
-        now_failed = set(
-            be.model.objects.using(be.db_alias)
-            .filter(id__in=ready_ids, exception_class_path=CANCELLED)
-            .values_list("id", flat=True)
-        )
-        cancelled += [{**_row(r), "status": "FAILED"} for r in chunk if r["id"] in now_failed]
-        # Claimed between the read and the update: now RUNNING, so stopped by its node instead.
-        for r in (
-            be.model.objects.using(be.db_alias)
-            .filter(id__in=[i for i in ready_ids if i not in now_failed], status="RUNNING")
-            .values("id", "task_path", "queue_name", "status", "backend_name", "worker_ids")
-        ):
-            live.append(r)
+        failed, claimed = _fail_ready(be, chunk, message)
+        cancelled += failed
+        live += claimed  # claimed between the read and the update: stopped by its node instead
     for r in live:
         if r["status"] == "RUNNING":
-            worker = r["worker_ids"][-1] if isinstance(r["worker_ids"], list) and r["worker_ids"] else ""
-            CancelRequest.objects.using(be.db_alias).update_or_create(
-                task_id=str(r["id"]), defaults={"worker_id": worker, "requested_by": actor[:200], "handled_at": None}
-            )
+            _request_stop(be, r, actor)
             cancelled.append({**_row(r), "status": "RUNNING (stopping)"})
     detail = {"ids": [r["id"] for r in cancelled[:100]], "queue": queue, "task": task, "status": list(statuses)}
     _record("cancel", actor, detail, len(cancelled), be.db_alias)
