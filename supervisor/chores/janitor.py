@@ -131,6 +131,19 @@ class Janitor:
             max_attempts=pool.max_attempts,
         )
 
+    def first_tick(self, now: float, live_worker_ids: set[str], pools: list[str]) -> None:
+        """At start, before any child: recover what an earlier run of this node left, then tick."""
+        try:
+            self.recover_own(live_worker_ids)
+        except Exception as exc:
+            log.error(
+                "Could not look for tasks left RUNNING by an earlier run of node %s: %s",
+                self.node,
+                exc,
+                extra={"event": events.DB_ERROR},
+            )
+        self.tick(now, live_worker_ids, pools)
+
     def recover_own(self, live_worker_ids: set[str]) -> None:
         """Queue the RUNNING rows of this node's earlier incarnations (no live child has them)."""
         with timebox(CHORES_DEADLINE, "looking for this node's RUNNING rows", self.aliases()):

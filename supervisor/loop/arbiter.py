@@ -24,7 +24,7 @@ from task_supervisor import events, exitcodes
 from task_supervisor.chores.janitor import Janitor
 from task_supervisor.chores.listen import ReadyListener
 from task_supervisor.compat import TaskBackend
-from task_supervisor.config import Config, ConfigError, PoolConfig, load_config
+from task_supervisor.config import Config, PoolConfig
 from task_supervisor.loop import reload, reports, signals, status
 from task_supervisor.loop.child import Child, describe_status
 from task_supervisor.loop.lease import Lease
@@ -273,23 +273,8 @@ class Supervisor:
 
     def reload(self) -> None:
         """SIGHUP: re-read config.toml and reconcile; a bad config keeps the running one."""
-        if self.phase is not Phase.RUNNING:
-            return
-        try:
-            new = load_config(self.config.path)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                log.error(
-                    "Reload refused, keeping the running config: %s", problem, extra={"event": events.RELOAD_FAILED}
-                )
-            return
-        if new.django != self.config.django or new.supervisor.node != self.config.supervisor.node:
-            log.warning(
-                "[django] and supervisor.node changes need a restart; applying the rest",
-                extra={"event": events.RELOAD_PARTIAL},
-            )
-        reload.apply(self, new, self.clock())
-        log.info("Reloaded %s", new.path, extra={"event": events.RELOADED})
+        if self.phase is Phase.RUNNING:
+            reload.from_disk(self, self.clock())
 
     # -- children --------------------------------------------------------------------------
 
@@ -344,15 +329,7 @@ class Supervisor:
             return
         name = child.spec.pool
         pool = self.config.pools.get(name) or PoolConfig(name=name, queues=(name,))
-        dead = DeadChild(
-            child.spec.worker_id,
-            child.pid,
-            how,
-            task,
-            child.killed_for_timeout,
-            child.killed,
-            killed_for_cancel=self.limits.cancel_killed.pop(child.pid, None),
-        )
+        dead = DeadChild.of(child, how, killed_for_cancel=self.limits.cancel_killed.pop(child.pid, None))
         self.janitor.lost(name, lost_task(dead, pool, self.phase, self.config.supervisor.graceful_timeout))
 
     def live_worker_ids(self) -> set[str]:
@@ -360,19 +337,9 @@ class Supervisor:
 
     def recover_own_tasks(self) -> None:
         """Before the first child starts: rows this node's earlier incarnation left RUNNING."""
-        if self.janitor is None:
-            return
-        try:
-            self.janitor.recover_own(self.live_worker_ids())
-        except Exception as exc:
-            log.error(
-                "Could not look for tasks left RUNNING by an earlier run of node %s: %s",
-                self.config.supervisor.node,
-                exc,
-                extra={"event": events.DB_ERROR},
-            )
-        self.janitor.tick(self.clock(), self.live_worker_ids(), list(self.pools))
-        self.take_renewal()
+        if self.janitor is not None:
+            self.janitor.first_tick(self.clock(), self.live_worker_ids(), list(self.pools))
+            self.take_renewal()
 
     def spawn(self, pool: Pool, slot: Slot, now: float) -> None:
         role = SCHEDULER if pool is self.scheduling.pool else "worker"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from task_supervisor.chores.recovery import TASK_TIMEOUT, LostTask
 from task_supervisor.config import PoolConfig
 from task_supervisor.exceptions import TaskCancelled
-from task_supervisor.loop.child import RunningTask
+from task_supervisor.loop.child import Child, RunningTask
 from task_supervisor.loop.phase import Phase
 
 
@@ -26,6 +26,18 @@ class DeadChild:
     killed_for_timeout: RunningTask | None  # the task whose hard timeout made us kill it
     killed: bool  # the supervisor SIGKILLed it (timeout, grace period, forced stop)
     killed_for_cancel: RunningTask | None = None  # the cancelled task that did not stop in time
+
+    @classmethod
+    def of(cls, child: Child, how: str, killed_for_cancel: RunningTask | None = None) -> DeadChild:
+        return cls(
+            child.spec.worker_id,
+            child.pid,
+            how,
+            child.task,
+            child.killed_for_timeout,
+            child.killed,
+            killed_for_cancel=killed_for_cancel,
+        )
 
 
 TASK_CANCELLED = f"task_supervisor.{TaskCancelled.__name__}"

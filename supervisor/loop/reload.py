@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from task_supervisor import events
-from task_supervisor.config import Config, PoolConfig
+from task_supervisor.config import Config, ConfigError, PoolConfig, load_config
 from task_supervisor.loop.pool import Pool
 
 if TYPE_CHECKING:
@@ -57,6 +57,23 @@ LOG = {
     Action.ROLL: (events.POOL_ROLLED, "Pool %s changed: rolling its children (%d processes)"),
     Action.REMOVE: (events.POOL_REMOVED, "Pool %s removed%.0s"),
 }
+
+
+def from_disk(sup: Supervisor, now: float) -> None:
+    """Re-read the supervisor's config file and apply it; a bad one keeps the running config."""
+    try:
+        new = load_config(sup.config.path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("Reload refused, keeping the running config: %s", problem, extra={"event": events.RELOAD_FAILED})
+        return
+    if new.django != sup.config.django or new.supervisor.node != sup.config.supervisor.node:
+        log.warning(
+            "[django] and supervisor.node changes need a restart; applying the rest",
+            extra={"event": events.RELOAD_PARTIAL},
+        )
+    apply(sup, new, now)
+    log.info("Reloaded %s", new.path, extra={"event": events.RELOADED})
 
 
 def apply(sup: Supervisor, new: Config, now: float) -> None:

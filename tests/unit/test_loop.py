@@ -145,6 +145,9 @@ class FakeJanitor:
     def tick(self, now: float, live: set[str], pools: list[str]) -> None:
         pass
 
+    def first_tick(self, now: float, live: set[str], pools: list[str]) -> None:
+        pass
+
     def next_due(self) -> float | None:
         return None
 
