@@ -162,3 +162,60 @@ class Action(models.Model):
 
     def __str__(self) -> str:
         return f"{self.verb} by {self.actor}"
+
+
+# -- the dashboard: what each node publishes, and the per-minute figures of its charts -----------
+
+
+class NodeSnapshot(models.Model):
+    """What a supervisor published with its last heartbeat (pools, children, tasks, RSS), bounded.
+
+    Written in the heartbeat's transaction; kept after the node stops (its heartbeat row goes once
+    its tasks are recovered), so the dashboard shows stopped nodes with when they were last seen,
+    until the retention of figures prunes it.
+    """
+
+    node = models.CharField(max_length=64, primary_key=True)
+    snapshot = models.JSONField(default=dict)
+    last_seen = models.DateTimeField(db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True, help_text="Set by the node at a clean exit.")
+
+    class Meta:
+        verbose_name = "node snapshot"
+        ordering = ["node"]
+
+    def __str__(self) -> str:
+        return self.node
+
+
+class MinuteFigures(models.Model):
+    """One minute of one queue, cluster-wide, recorded by the node holding the ``figures`` lease."""
+
+    minute = models.DateTimeField(help_text="The minute's start, in UTC.")
+    queue = models.CharField(max_length=32)
+    succeeded = models.IntegerField(default=0)
+    failed = models.IntegerField(default=0)
+    started = models.IntegerField(default=0, help_text="Tasks started in the minute, whose latency is summed.")
+    latency_ms_total = models.BigIntegerField(default=0, help_text="Enqueue to start, summed over started.")
+    latency_ms_max = models.IntegerField(default=0)
+    ready = models.IntegerField(default=0, help_text="READY tasks at the minute's end.")
+    running = models.IntegerField(default=0, help_text="RUNNING tasks at the minute's end.")
+    node = models.CharField(max_length=64, help_text="The node that recorded it.")
+
+    class Meta:
+        verbose_name = "minute figures"
+        verbose_name_plural = "minute figures"
+        ordering = ["-minute", "queue"]
+        constraints = [models.UniqueConstraint(fields=["minute", "queue"], name="task_supervisor_minute_once")]
+
+    def __str__(self) -> str:
+        return f"{self.queue} @ {self.minute.isoformat()}"
+
+
+class Dashboard(NodeSnapshot):
+    """The admin's live dashboard page (no table of its own: its view permission guards the page)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "dashboard"
+        verbose_name_plural = "dashboard"
