@@ -17,11 +17,13 @@ import dataclasses
 import logging
 import random
 from collections.abc import Callable
+from typing import Any
 
 from django.utils import timezone
 
 from task_supervisor import events
-from task_supervisor.chores import cancels, outcomes, recovery
+from task_supervisor.chores import cancels, outcomes, publish, recovery
+from task_supervisor.chores.figures import Figures
 from task_supervisor.chores.recovery import FailedTask, LostTask
 from task_supervisor.chores.retention import Retention
 from task_supervisor.chores.timebox import timebox
@@ -79,6 +81,8 @@ class Janitor:
         self.next_cancels = 0.0
         self.cancels_due: list[tuple[str, str]] = []  # (task id, worker id) for the loop to deliver
         self.retention = Retention(config.supervisor.node, clock, self.stats)
+        self.figures = Figures(config.supervisor.node, clock)
+        self.publish: Callable[[], dict[str, Any]] | None = None  # the loop's status, for the dashboard
         if not self.heartbeats:
             log.warning(
                 "Node heartbeats and dead-node recovery are off: add 'task_supervisor' to INSTALLED_APPS "
@@ -201,6 +205,7 @@ class Janitor:
             moments.append(max(self.retry_at, self.next_cancels))
             if self.config.retention.enabled:
                 moments.append(max(self.retry_at, self.retention.next_due()))
+            moments.append(max(self.retry_at, self.figures.next_due()))
         return min(moments)
 
     def tick(self, now: float, live_worker_ids: set[str], pools: list[str]) -> list[tuple[str, str]]:
@@ -248,6 +253,7 @@ class Janitor:
             self.cancels_due += [c for backend in backends for c in cancels.due(backend, live_worker_ids)]
             self.next_cancels = now + cancels.CANCEL_POLL
         self.retention.tick(now, backends, self.config.retention)
+        self.figures.tick(now, backends, self.config.retention)
 
     def _chores_failed(self, now: float, exc: Exception) -> None:
         from django.db import connections
@@ -324,7 +330,7 @@ class Janitor:
         sent_at = self.clock()  # the database stamps the beat no earlier: the lease counts from here
         try:
             with timebox(CHORES_DEADLINE, "the heartbeat", self.aliases()):
-                recovery.beat(self.node, pools, self.started_at, backend)
+                recovery.beat(self.node, pools, self.started_at, backend, self._published())
         except Exception as exc:  # a database error of any driver: retry with the chores' backoff
             self._chores_failed(now, exc)
             self.next_beat = self.retry_at
@@ -332,6 +338,10 @@ class Janitor:
         self.lease_sent_at = sent_at
         self.next_beat = now + self.config.supervisor.beat_interval
         self.last_beat = timezone.now().isoformat()
+
+    def _published(self) -> dict[str, Any] | None:
+        """What this node publishes for the dashboard (None before the loop hands its status in)."""
+        return publish.compact(self.publish()) if self.publish is not None else None
 
     def _recover_dead_nodes(self) -> None:
         for node in recovery.dead_nodes(self.config.supervisor.node_timeout, self.node):
@@ -369,6 +379,7 @@ class Janitor:
         if self.heartbeats:
             try:
                 recovery.forget_node(self.node)
+                recovery.mark_stopped(self.node)
             except Exception as exc:
                 log.warning("Could not remove the heartbeat of node %s: %s", self.node, exc)
 

@@ -303,11 +303,14 @@ def heartbeats_installed() -> bool:
     return apps.is_installed("task_supervisor")
 
 
-def beat(node: str, pools: list[str], started_at: Any, backend: TaskBackend) -> None:
-    """Record that this node is alive (one row per node), stamped with the database's clock."""
+def beat(
+    node: str, pools: list[str], started_at: Any, backend: TaskBackend, snapshot: dict[str, Any] | None = None
+) -> None:
+    """Record that this node is alive (one row per node), stamped with the database's clock, and
+    publish ``snapshot`` (chores/publish.py) for the dashboard in the same transaction."""
     from django.db.models.functions import Now
 
-    from task_supervisor.models import NodeHeartbeat
+    from task_supervisor.models import NodeHeartbeat, NodeSnapshot
 
     set_sqlite_busy_timeout(backend)
     with bounded(backend):
@@ -315,6 +318,19 @@ def beat(node: str, pools: list[str], started_at: Any, backend: TaskBackend) -> 
             node=node,
             defaults={"pid": os.getpid(), "pools": pools, "started_at": started_at, "last_seen": Now()},
         )
+        if snapshot is not None:
+            NodeSnapshot.objects.update_or_create(
+                node=node, defaults={"snapshot": snapshot, "last_seen": Now(), "stopped_at": None}
+            )
+
+
+def mark_stopped(node: str) -> None:
+    """A clean exit: the dashboard shows this node as stopped, with when."""
+    from django.db.models.functions import Now
+
+    from task_supervisor.models import NodeSnapshot
+
+    NodeSnapshot.objects.filter(node=node).update(stopped_at=Now())
 
 
 def _older_than(seconds: float) -> Any:

@@ -85,6 +85,8 @@ class Supervisor:
         self.limits = Limits(self.stats, self.calls)
         self.autoscaler = Autoscaler(self.stats)
         self.janitor = Janitor(config, backends, clock, self.stats, self.rng) if backends else None
+        if self.janitor is not None:
+            self.janitor.publish = self.snapshot  # published with each heartbeat, for the dashboard
         self.lease = Lease(config.supervisor.node_timeout, enabled=bool(self.janitor and self.janitor.heartbeats))
         self.lease_seen: float | None = None  # the janitor's last renewal the lease took
         self.liveness = Liveness(self.stats, self.calls)

@@ -95,5 +95,5 @@ class Migration(migrations.Migration):
             },
             bases=("task_supervisor.nodesnapshot",),
         ),
-        migrations.RunPython(add_task_index, remove_task_index),
+        migrations.RunPython(add_task_index, remove_task_index, atomic=False),  # MySQL: no DDL in a transaction
     ]

@@ -180,7 +180,7 @@ def beating_janitor(monkeypatch: pytest.MonkeyPatch, beat_fails: bool) -> tuple[
     janitor.heartbeats = True
     beats: list[float] = []
 
-    def beat(node: str, pools: list[str], started_at: Any, backend: Any) -> None:
+    def beat(node: str, pools: list[str], started_at: Any, backend: Any, snapshot: Any = None) -> None:
         if beat_fails:
             raise RuntimeError("connection refused")
         beats.append(clock.now)
