@@ -242,6 +242,8 @@ def write_transaction(alias: str) -> Iterator[None]:
     from django.db import connections, transaction
 
     connection = connections[alias]
+    if connection.vendor == "sqlite" and not hasattr(connection, "transaction_mode"):
+        connection.get_connection_params()  # sets transaction_mode (Django 5.1+) on a fresh connection
     if connection.vendor != "sqlite" or not hasattr(connection, "transaction_mode"):
         with transaction.atomic(using=alias):
             yield

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from task_supervisor.wire.control import LEASE_MARGIN
+from task_supervisor.wire.limits import FlowLimit, parse_rate
 
 WORKER_ID_MAX_LENGTH = 64  # db_worker refuses longer worker ids
 # Worker ids are node:pool:slot:generation; leave room for slot and generation digits (the
@@ -198,6 +199,7 @@ class Config:
     scheduler: SchedulerConfig = SchedulerConfig()
     retries: dict[str, RetryPolicy] = field(default_factory=dict)
     retention: RetentionConfig = RetentionConfig()
+    limits: dict[str, FlowLimit] = field(default_factory=dict)  # [limits."dotted.path"]
 
     def retry_policy(self, pool: str, task_path: str) -> RetryPolicy | None:
         """The task's own policy, else its pool's default, else none."""
@@ -445,7 +447,7 @@ def _read_task_timeouts(table: Any, problems: list[str]) -> dict[str, float]:
 
 
 def _tables(data: dict[str, Any], problems: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    for name in ("django", "supervisor", "pools", "task_timeouts", "retries", "scheduler", "retention"):
+    for name in ("django", "supervisor", "pools", "task_timeouts", "retries", "scheduler", "retention", "limits"):
         value = data.get(name, {})
         if not isinstance(value, dict):
             problems.append(f"{name} must be a table such as [{name}], got {value!r}.")
@@ -513,6 +515,7 @@ def config_from_dict(data: dict[str, Any], file: Path) -> Config:
     task_timeouts = _read_task_timeouts(tables["task_timeouts"], problems)
     retries = _read_retries(tables["retries"], problems)
     retention = _read_retention(tables["retention"], problems)
+    limits = _read_limits(tables["limits"], problems)
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -524,6 +527,7 @@ def config_from_dict(data: dict[str, Any], file: Path) -> Config:
         retries=retries,
         scheduler=scheduler,
         retention=retention,
+        limits=limits,
     )
 
 
@@ -538,3 +542,33 @@ def _read_retention(table: dict[str, Any], problems: list[str]) -> RetentionConf
     )
     r.finish()
     return retention
+
+
+def _read_limits(table: dict[str, Any], problems: list[str]) -> dict[str, FlowLimit]:
+    limits = {}
+    for task_path, value in table.items():
+        path = f'limits."{task_path}"'
+        if not isinstance(value, dict):
+            problems.append(f'{path} must be a table such as [limits."{task_path}"], got {value!r}.')
+            continue
+        r = _Reader(value, path, problems)
+        limit = FlowLimit(
+            task_path,
+            concurrency=r.get("concurrency", None, _positive_int, "an integer of at least 1"),
+            rate=r.get("rate", None, parse_rate, 'a rate such as "10/s", "100/m" or "1000/h"'),
+            key=r.get("key", None, _key_name, 'an argument\'s name, or its position such as "0"'),
+        )
+        r.finish()
+        if limit.concurrency is None and limit.rate is None and "concurrency" not in value and "rate" not in value:
+            problems.append(f"{path} limits nothing; set concurrency = N, rate = \"N/s\", or both.")
+        limits[task_path] = limit
+    return limits
+
+
+def _key_name(value: Any) -> str:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise TypeError("")
+    text = str(value)
+    if not (text.isidentifier() or text.isdigit()):
+        raise ValueError("")
+    return text

@@ -219,3 +219,46 @@ class Dashboard(NodeSnapshot):
         proxy = True
         verbose_name = "dashboard"
         verbose_name_plural = "dashboard"
+
+
+# -- flow control: limits per key and unique tasks (worker/flow.py, task_supervisor.unique) ----
+
+
+class FlowKey(models.Model):
+    """One key of a ``[limits."path"]`` declaration: the row its claims lock, in their transaction.
+
+    ``holders`` counts against the concurrency only while their task rows are RUNNING (each claim
+    drops the others), so a slot is freed exactly when its row is finished or recovered.
+    """
+
+    limit = models.CharField(max_length=200, help_text="The limited task path.")
+    key = models.CharField(max_length=250, blank=True, help_text="The key argument's value, as JSON.")
+    holders = models.JSONField(default=list, help_text="Task ids claimed under this key.")
+    starts = models.JSONField(default=list, help_text="Claims inside the rate window, in epoch seconds.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "flow limit key"
+        ordering = ["limit", "key"]
+        constraints = [models.UniqueConstraint(fields=["limit", "key"], name="task_supervisor_flow_key_once")]
+
+    def __str__(self) -> str:
+        return f"{self.limit} [{self.key}]" if self.key else self.limit
+
+
+class UniqueTask(models.Model):
+    """The task an ``enqueue_unique`` key stands for, written in the task row's transaction."""
+
+    key = models.CharField(max_length=200, unique=True)
+    task_result_id = models.CharField(max_length=64)
+    task_path = models.CharField(max_length=200)
+    scope = models.CharField(max_length=16, help_text='"ready", "active" or "for".')
+    until = models.DateTimeField(null=True, blank=True, help_text='The end of a "for" scope.')
+    created_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "unique task"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.key

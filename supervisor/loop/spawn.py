@@ -58,6 +58,7 @@ class Spawner:
             log_format=config.supervisor.log_format,
             role=role,
             leased=leased and role != SCHEDULER,
+            limits=tuple(config.limits.values()) if role != SCHEDULER else (),
         )
 
     def spawn(self, spec: ChildSpec, start: str) -> tuple[int, int, int]:

@@ -20,6 +20,9 @@ TASK_FINISHED = "task_finished"  # "task_id", "status"
 PONG = "pong"  # "seq": the answer to a ping on the control pipe
 LEASE_EXPIRED = "lease_expired"  # "task_id": the child stopped its task, its lease ran out
 TASK_FENCED = "task_fenced"  # "task_id", "owner", "status": a finish not written, the row was no longer ours
+# "paths", "queues", "due" (epoch or null), "waiting" (for a slot), "keys", "more": a claim found
+# nothing eligible because limits held rows back (worker/flow.py)
+HELD = "held"
 # From the scheduler child:
 SLOT_FIRED = "slot_fired"  # "schedule", "slot", "outcome", "lag", "task_id", "next"
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+from task_supervisor.wire.limits import FlowLimit, Rate
+
 # Exit codes of a child; the supervisor reads them to tell a boot failure from a crash.
 CHILD_EXIT_OK = 0
 CHILD_EXIT_BOOT_FAILED = 78  # could not set Django up or reach the database
@@ -39,6 +41,7 @@ class ChildSpec:
     log_format: str = "text"
     role: str = "worker"  # or "scheduler": the periodic task scheduler instead of db_worker
     leased: bool = False  # the node keeps a lease (heartbeats): run and claim only while it holds
+    limits: tuple[FlowLimit, ...] = ()  # [limits."path"], checked at each claim
 
     def db_worker_argv(self) -> list[str]:
         argv = [
@@ -62,6 +65,10 @@ class ChildSpec:
         data = json.loads(text)
         data["queues"] = tuple(data["queues"])
         data["pythonpath"] = tuple(data["pythonpath"])
+        data["limits"] = tuple(
+            FlowLimit(**{**limit, "rate": Rate(**limit["rate"]) if limit["rate"] else None})
+            for limit in data.get("limits", ())
+        )
         return cls(**data)
 
 

@@ -59,11 +59,17 @@ class PausedQueues:
         return self.queues
 
 
-def install(model: Any, may_claim: Callable[[], bool] = lambda: True, paused: PausedQueues | None = None) -> None:
+def install(
+    model: Any,
+    may_claim: Callable[[], bool] = lambda: True,
+    paused: PausedQueues | None = None,
+    pick: Callable[[Any, Callable[[Any], Any]], Any] | None = None,
+) -> None:
     """Wrap ``get_locked`` of the model's queryset class; installing again replaces the guard.
 
     ``may_claim`` is asked first: while the node's lease does not hold, nothing is claimed.
-    Rows of paused queues are never picked.
+    Rows of paused queues are never picked. ``pick`` (``worker/flow.py``, when limits are
+    declared) picks in place of the backend's own query, which it is handed.
     """
     paused = paused or PausedQueues()
     queryset_class = type(model.objects.get_queryset())
@@ -75,7 +81,7 @@ def install(model: Any, may_claim: Callable[[], bool] = lambda: True, paused: Pa
         if queues := paused.get(self.db):
             self = self.exclude(queue_name__in=sorted(queues))
         for _ in range(MAX_SKIPPED):
-            row = original(self)
+            row = original(self) if pick is None else pick(self, original)
             if row is None:
                 return None
             error = unrunnable(row)

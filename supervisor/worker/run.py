@@ -81,7 +81,7 @@ def run_child(spec: ChildSpec, report_fd: int, control_fd: int) -> NoReturn:
 
 def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int:
     from task_supervisor import compat
-    from task_supervisor.worker import fence, proctitle, rowguard
+    from task_supervisor.worker import fence, flow, proctitle, rowguard
 
     try:
         backend = compat.resolve(spec.backend)
@@ -94,7 +94,8 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
     if spec.log_format == "json":
         _json_task_logs(backend)
     channel = ControlChannel(control_fd, CurrentTask(), reporter, leased=spec.leased)
-    rowguard.install(backend.model, may_claim=channel.lease_valid)
+    limits = flow.install(backend, spec.limits, reporter)
+    rowguard.install(backend.model, may_claim=channel.lease_valid, pick=limits.pick if limits else None)
     fence.install(backend, spec.worker_id, reporter, spec.pool, spec.slot, lease_valid=channel.lease_valid)
     _hook_signals(backend, reporter, spec, channel)
     worker_module = importlib.import_module(backend.worker_command)

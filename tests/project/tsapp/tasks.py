@@ -179,3 +179,31 @@ def interval_task(path: str, seconds: float, rerun_seconds: float | None = None)
     finally:
         _stamp(path, "end")
     return "done"
+
+
+# -- flow control (tests/realproc/test_flow.py): each run appends its start and end to a log ------
+
+
+def _log_run(out: str, name: str, line: str) -> None:
+    with open(Path(out) / f"{name}.log", "a") as file:  # one short O_APPEND write: atomic
+        file.write(line)
+
+
+@task()
+def keyed(account_id: str, out: str = "", seconds: float = 0.0) -> str:
+    """Limited per account_id in the tests' config: log "start <t> <pid>" then "end <t> <pid>"."""
+    if out:
+        _log_run(out, f"key-{account_id}", f"start {time.time():.6f} {os.getpid()}\n")
+    time.sleep(seconds)
+    if out:
+        _log_run(out, f"key-{account_id}", f"end {time.time():.6f} {os.getpid()}\n")
+    return account_id
+
+
+@task()
+def unlimited(n: int, out: str = "", seconds: float = 0.0) -> int:
+    """Never limited: logs its start, to time it against the limited tasks around it."""
+    if out:
+        _log_run(out, "unlimited", f"start {time.time():.6f} {n}\n")
+    time.sleep(seconds)
+    return n
