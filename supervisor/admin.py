@@ -241,3 +241,7 @@ class ActionAdmin(ReadOnly):
 
     def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
         return False
+
+
+# The live dashboard, /admin/task_supervisor/dashboard/ (a module of its own).
+from task_supervisor import dashboard_views  # noqa: E402, F401

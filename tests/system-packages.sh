@@ -12,6 +12,11 @@ fi
 if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] && [ ! -e /usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1 ]; then
     needs+=(faketime)
 fi
+# The dashboard's browser test drives Debian's own headless Chromium through its chromedriver
+# (nothing downloads a browser).
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+    needs+=(chromium chromium-driver)
+fi
 if [ ${#needs[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "The tests need these Debian packages: ${needs[*]}; install them as root." >&2

@@ -122,13 +122,13 @@ class Figures:
     def _write(self, main: TaskBackend, backends: list[TaskBackend], minutes: list[datetime]) -> None:
         from task_supervisor.models import MinuteFigures
 
+        now_counts: dict[str, dict[str, int]] = {}
+        for backend in backends:
+            current_counts(backend, now_counts)
         with recovery.bounded(main):
             last = MinuteFigures.objects.using(main.db_alias).order_by("-minute").values_list("minute", flat=True)
             newest = last.first()
             minutes = [m for m in minutes if newest is None or m > newest]
-            now_counts: dict[str, dict[str, int]] = {}
-            for backend in backends:
-                current_counts(backend, now_counts)
             rows: list[Any] = []
             for start in minutes:
                 per_queue: dict[str, dict[str, int]] = {}

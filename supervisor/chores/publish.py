@@ -66,6 +66,7 @@ def compact(status: dict[str, Any]) -> dict[str, Any]:
         "phase": status.get("phase"),
         "started_at": status.get("started_at"),
         "database_ok": (status.get("database") or {}).get("ok"),
+        "node_timeout": (status.get("heartbeat") or {}).get("node_timeout"),
         "lease": {"enabled": lease.get("enabled"), "held": lease.get("held"), "remaining": lease.get("remaining")},
         "scheduler": scheduler,
         "pools": pools,
