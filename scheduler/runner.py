@@ -242,14 +242,14 @@ def write_transaction(alias: str) -> Iterator[None]:
     from django.db import connections, transaction
 
     connection = connections[alias]
-    if connection.vendor == "sqlite" and not hasattr(connection, "transaction_mode"):
-        connection.get_connection_params()  # sets transaction_mode (Django 5.1+) on a fresh connection
+    if connection.vendor == "sqlite":
+        # Connecting sets transaction_mode from OPTIONS (Django 5.1+): connect first, or the
+        # connect inside atomic() would undo the IMMEDIATE set below on a fresh connection.
+        connection.ensure_connection()
     if connection.vendor != "sqlite" or not hasattr(connection, "transaction_mode"):
         with transaction.atomic(using=alias):
             yield
         return
-    if connection.connection is None:
-        connection.get_connection_params()  # sets transaction_mode from OPTIONS
     old = connection.transaction_mode
     connection.transaction_mode = "IMMEDIATE"
     try:

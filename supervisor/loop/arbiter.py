@@ -27,6 +27,7 @@ from task_supervisor.compat import TaskBackend
 from task_supervisor.config import Config, PoolConfig
 from task_supervisor.loop import reload, reports, signals, status
 from task_supervisor.loop.child import Child, describe_status
+from task_supervisor.loop.flow import FlowWakes
 from task_supervisor.loop.lease import Lease
 from task_supervisor.loop.limits import Limits
 from task_supervisor.loop.liveness import Liveness
@@ -91,6 +92,7 @@ class Supervisor:
         self.lease_seen: float | None = None  # the janitor's last renewal the lease took
         self.liveness = Liveness(self.stats, self.calls)
         self.wakeups = Wakeups(_listeners(backends or {}), self.selector, lambda: self.pools.values(), clock)
+        self.flow = FlowWakes(self.wakeups.wake_one)  # children waiting on [limits]
         self.servers: list[endpoints._Server] = []
         self.scheduling = SchedulerUnit(schedules, self.stats)
         self.set_scheduler(config.scheduler.enabled)
@@ -141,6 +143,7 @@ class Supervisor:
         self.liveness.check(now, children, self.config.supervisor.hung_after)
         self.force_stop_deadline(now)
         connecting = self.wakeups.tick(now) if self.phase is Phase.RUNNING else False
+        self.flow.tick(now)
         for server in self.servers:
             server.tick(now)
         if self.phase is Phase.RUNNING:
@@ -214,6 +217,7 @@ class Supervisor:
             self.liveness.next_due() if self.children else None,
             self.janitor.next_due() if self.janitor is not None else None,
             self.wakeups.next_due(now),
+            self.flow.next_due(),
             self.stop_deadline,
         ):
             if due is not None:

@@ -33,13 +33,16 @@ class PoolChange:
     config: PoolConfig | None  # the new config; None for REMOVE
 
 
-def plan(old: dict[str, PoolConfig], new: dict[str, PoolConfig]) -> list[PoolChange]:
-    """One change per pool name in either config: the new config's pools first, in its order."""
+def plan(old: dict[str, PoolConfig], new: dict[str, PoolConfig], roll_all: bool = False) -> list[PoolChange]:
+    """One change per pool name in either config: the new config's pools first, in its order.
+    ``roll_all`` (the [limits] changed, which every child applies) rolls every pool kept."""
     changes = []
     for name, config in new.items():
         before = old.get(name)
         if before is None:
             action = Action.ADD
+        elif roll_all:
+            action = Action.ROLL
         elif before == config:
             action = Action.KEEP
         elif replace(before, processes=config.processes, max_processes=config.max_processes) == config:
@@ -78,11 +81,11 @@ def from_disk(sup: Supervisor, now: float) -> None:
 
 def apply(sup: Supervisor, new: Config, now: float) -> None:
     """Reconcile the running pools with ``new``: new children come up before rolled ones drain."""
-    old_pools, sup.config = sup.pools, new
+    old_pools, limits_changed, sup.config = sup.pools, new.limits != sup.config.limits, new
     if sup.janitor is not None:
         sup.janitor.config = new
     sup.pools = {}
-    for change in plan({name: pool.config for name, pool in old_pools.items()}, new.pools):
+    for change in plan({name: pool.config for name, pool in old_pools.items()}, new.pools, limits_changed):
         old, name, config = old_pools.get(change.name), change.name, change.config
         if change.action is Action.KEEP:
             sup.pools[name] = old

@@ -63,6 +63,9 @@ def on_message(sup: Supervisor, child: Child, message: dict, now: float) -> None
         )
     elif event == protocol.TASK_FINISHED:
         on_task_finished(sup, child, message, before, now)
+    elif event == protocol.HELD:
+        sup.stats.held_claims[child.spec.pool] += 1
+        sup.flow.on_held(message, now, sup.wall())
     elif event == protocol.TASK_FENCED:
         sup.stats.fenced_writes[child.spec.pool] += 1
     elif event == protocol.READY:
@@ -75,6 +78,8 @@ def on_task_finished(sup: Supervisor, child: Child, message: dict, before: Any, 
     pool = child.spec.pool
     status_ = str(message.get("status", ""))
     sup.stats.tasks_finished[(pool, status_)] += 1
+    if before is not None and before.path in sup.config.limits:
+        sup.flow.on_finished(before.path, now)
     if status_ == "FAILED" and before is not None and sup.janitor is not None:
         exception = str(message.get("exception", ""))
         sup.janitor.task_failed(pool, FailedTask(child.spec.worker_id, before.task_id, before.path, exception))

@@ -39,5 +39,9 @@ class Stats:
     pruned: collections.Counter[str] = field(default_factory=collections.Counter)
     # pool -> running tasks told to stop because an operator cancelled them
     cancels: collections.Counter[str] = field(default_factory=collections.Counter)
+    # [limits]: one census per limit (flowinfo.LimitCensus.as_dict), refreshed by the janitor
+    flow: list[dict] = field(default_factory=list)
+    # pool -> claims that found nothing eligible because limits held rows back
+    held_claims: collections.Counter[str] = field(default_factory=collections.Counter)
     # queue -> 1 while paused (read with the queue depths)
     paused_queues: dict[str, int] = field(default_factory=dict)
