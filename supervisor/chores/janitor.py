@@ -24,6 +24,7 @@ from django.utils import timezone
 from task_supervisor import events
 from task_supervisor.chores import cancels, outcomes, publish, recovery
 from task_supervisor.chores.figures import Figures
+from task_supervisor.chores.flowcensus import FlowCensus
 from task_supervisor.chores.recovery import FailedTask, LostTask
 from task_supervisor.chores.retention import Retention
 from task_supervisor.chores.timebox import timebox
@@ -82,6 +83,7 @@ class Janitor:
         self.cancels_due: list[tuple[str, str]] = []  # (task id, worker id) for the loop to deliver
         self.retention = Retention(config.supervisor.node, clock, self.stats)
         self.figures = Figures(config.supervisor.node, clock)
+        self.flow = FlowCensus(clock, self.stats)  # [limits]: what each key holds back
         self.publish: Callable[[], dict[str, Any]] | None = None  # the loop's status, for the dashboard
         if not self.heartbeats:
             log.warning(
@@ -206,6 +208,8 @@ class Janitor:
             if self.config.retention.enabled:
                 moments.append(max(self.retry_at, self.retention.next_due()))
             moments.append(max(self.retry_at, self.figures.next_due()))
+            if (flow_due := self.flow.next_due(self.config.limits)) is not None:
+                moments.append(max(self.retry_at, flow_due))
         return min(moments)
 
     def tick(self, now: float, live_worker_ids: set[str], pools: list[str]) -> list[tuple[str, str]]:
@@ -254,6 +258,7 @@ class Janitor:
             self.next_cancels = now + cancels.CANCEL_POLL
         self.retention.tick(now, backends, self.config.retention)
         self.figures.tick(now, backends, self.config.retention)
+        self.flow.tick(now, backends, self.config.limits)
 
     def _chores_failed(self, now: float, exc: Exception) -> None:
         from django.db import connections
