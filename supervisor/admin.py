@@ -243,5 +243,44 @@ class ActionAdmin(ReadOnly):
         return False
 
 
+@admin.register(models.FlowKey)
+class FlowKeyAdmin(ReadOnly):
+    """[limits]: each key seen, its slots taken now, and why its READY tasks are held back."""
+
+    list_display = ("limit", "key", "declared", "running_now", "starts_kept", "held_because", "updated_at")
+    list_filter = ("limit",)
+    search_fields = ("limit", "key")
+
+    @admin.display(description="running")
+    def running_now(self, obj: Any) -> int:
+        from task_supervisor.models import _task_result_model
+
+        model = _task_result_model()
+        holders = obj.holders if isinstance(obj.holders, list) else []
+        if model is None or not holders:
+            return 0
+        return model._base_manager.filter(pk__in=holders, status="RUNNING").count()
+
+    @admin.display(description="starts in window")
+    def starts_kept(self, obj: Any) -> int:
+        return len(obj.starts) if isinstance(obj.starts, list) else 0
+
+    @admin.display(description="held back because")
+    def held_because(self, obj: Any) -> str:
+        """The concurrency reading only: a rate's window needs the declaration (see `task-supervisor why`)."""
+        import re
+
+        found = re.search(r"concurrency (\d+)", obj.declared or "")
+        if found and self.running_now(obj) >= int(found.group(1)):
+            return f"all {found.group(1)} slots taken"
+        return "-"
+
+
+@admin.register(models.UniqueTask)
+class UniqueTaskAdmin(ReadOnly):
+    list_display = ("key", "task_path", "scope", "until", "task_result_id", "created_at")
+    search_fields = ("key", "task_path", "task_result_id")
+
+
 # The live dashboard, /admin/task_supervisor/dashboard/ (a module of its own).
 from task_supervisor import dashboard_views  # noqa: E402, F401

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from task_supervisor import compat, exitcodes
+from task_supervisor import compat, exitcodes, sentry
 from task_supervisor.config import Config
 from task_supervisor.exceptions import one_line
 
@@ -50,6 +50,7 @@ def setup_django(config: Config) -> None:
         raise StartupError(
             exitcodes.EX_SETTINGS, f"Django could not start with {config.django.settings}: {type(exc).__name__}: {exc}."
         ) from None
+    sentry.install()  # when the settings initialised sentry_sdk: failures reported once each
 
 
 def resolve_backends(config: Config) -> dict[str, compat.TaskBackend]:
@@ -74,6 +75,16 @@ def check_retries(config: Config, backends: dict[str, compat.TaskBackend]) -> No
     task_class = getattr(importlib.import_module(framework), "Task", None)
     problems = retry.problems(config.retries, task_class)
     problems += retry.pool_problems({name: pool.retries for name, pool in config.pools.items()})
+    if problems:
+        raise StartupError(exitcodes.EX_CONFIG, "\n".join(problems))
+
+
+def check_limits(config: Config, backends: dict[str, compat.TaskBackend]) -> None:
+    """[limits] name tasks that import and, as their key, one of the task's arguments."""
+    from task_supervisor import flowinfo
+
+    framework = next(iter(backends.values())).framework if backends else "django.tasks"
+    problems = flowinfo.problems(config.limits, getattr(importlib.import_module(framework), "Task", None))
     if problems:
         raise StartupError(exitcodes.EX_CONFIG, "\n".join(problems))
 

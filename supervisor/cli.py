@@ -102,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         jsonlog.setup_logging(config.supervisor.log_format)
         backends = bootstrap.resolve_backends(config)
         bootstrap.check_retries(config, backends)
+        bootstrap.check_limits(config, backends)
         bootstrap.check_database(backends)
         schedules = bootstrap.load_schedules(config)
         warnings = bootstrap.run_system_checks()
@@ -152,7 +153,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         return _fail(exitcodes.EX_CHECK_FAILED, "\n".join(problems))
     pools = ", ".join(f"{p.name} ({p.processes} x {', '.join(p.queues)})" for p in config.pools.values())
     print(f"{config.path}: OK. Pools: {pools}.")
+    _print_limits(config)
     return exitcodes.EX_OK
+
+
+def _print_limits(config: Config) -> None:
+    """The limits declared, and what each key holds back right now (when the database answers)."""
+    from task_supervisor import compat, flowinfo
+
+    try:
+        backend = compat.resolve(next(iter(config.pools.values())).backend)
+        lines = flowinfo.report_lines(backend, config.limits)
+    except Exception as exc:  # the tables may not be migrated yet: the declarations were checked
+        lines = [f"Limit {p}: {limit.describe()} (held back: unknown, {exc})." for p, limit in config.limits.items()]
+    for line in lines:
+        print(line)
 
 
 def check_problems(config: Config) -> tuple[list[str], list[str]]:
@@ -170,10 +185,11 @@ def check_problems(config: Config) -> tuple[list[str], list[str]]:
         problems, warnings = bootstrap.database_advice(backends)
     except bootstrap.StartupError as exc:
         problems += str(exc).splitlines()
-    try:
-        bootstrap.check_retries(config, backends)
-    except bootstrap.StartupError as exc:
-        problems += str(exc).splitlines()
+    for check in (bootstrap.check_retries, bootstrap.check_limits):
+        try:
+            check(config, backends)
+        except bootstrap.StartupError as exc:
+            problems += str(exc).splitlines()
     try:
         bootstrap.load_schedules(config)
     except bootstrap.StartupError as exc:

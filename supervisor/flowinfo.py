@@ -188,3 +188,44 @@ def _idle(row: Any, limit: FlowLimit | None, running: set[str], now: float) -> b
     if limit.rate is not None and isinstance(row.starts, list):
         return not any(isinstance(s, int | float) and s >= now - limit.rate.per for s in row.starts)
     return True
+
+
+def problems(limits: dict[str, FlowLimit], task_class: type | None = None) -> list[str]:
+    """[limits] that cannot apply: a path that is no task, a key that is none of its arguments."""
+    from django.utils.module_loading import import_string
+
+    found = []
+    for path, limit in limits.items():
+        where = f'limits."{path}"'
+        try:
+            task = import_string(path)
+        except ImportError as exc:
+            found.append(f"{where}: no task {path!r} can be imported ({exc}); name a task by its dotted path.")
+            continue
+        if task_class is not None and not isinstance(task, task_class):
+            found.append(
+                f"{where}: {path!r} is a {type(task).__name__}, not a task; name a function decorated with @task."
+            )
+            continue
+        if limit.key is not None:
+            try:
+                key_reader(limit)
+            except ValueError as exc:
+                found.append(f'{where}.key {limit.key!r}: {exc}; name one of its arguments, or a position such as "0".')
+    return found
+
+
+def report_lines(backend: Any, limits: dict[str, FlowLimit]) -> list[str]:
+    """For ``check``: each limit, and the keys holding READY tasks back right now."""
+    lines = []
+    for entry in census(backend, limits.values()):
+        data = entry.as_dict()
+        lines.append(
+            f"Limit {data['path']}: {data['limit']}; {data['running']} running, {data['held_back']} held back."
+        )
+        lines += [
+            f"  key {k['key'] or '-'}: {k['held_back']} held back: {k['reason']}."
+            for k in data["keys"]
+            if k["held_back"]
+        ]
+    return lines

@@ -21,6 +21,7 @@ COMMANDS = {
     "retry": "retry FAILED tasks on their same row, or --as-new",
     "prune": "delete the finished rows [retention] says may go",
     "actions": "list the audit log of operator actions",
+    "why": "say why READY tasks are not being taken: [limits], a paused queue, their run_after",
 }
 
 
@@ -42,6 +43,8 @@ def add_parsers(commands: Any) -> None:
             sub.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
         if name in ("pause", "resume"):
             sub.add_argument("queues", nargs="+", metavar="QUEUE", help="queue names")
+        if name == "why":
+            sub.add_argument("ids", nargs="+", metavar="ID", help="task ids")
         if name == "actions":
             sub.add_argument("--limit", type=int, default=50, metavar="N", help="the latest N actions (default 50)")
 
@@ -190,6 +193,21 @@ def read_overrides() -> dict[str, Any]:
         return {}
 
 
+def cmd_why(args: argparse.Namespace) -> int:
+    from task_supervisor import compat, flowinfo
+
+    try:
+        config = _setup(args)
+        backend = compat.resolve(backend_for(config))
+        for task_id in args.ids:
+            print(flowinfo.explain(backend, config.limits, task_id))
+    except ConfigError as exc:
+        return _fail(exitcodes.EX_CONFIG, str(exc))
+    except bootstrap.StartupError as exc:
+        return _fail(exc.code, str(exc))
+    return exitcodes.EX_OK
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "cancel": cmd_cancel,
     "pause": cmd_pause,
@@ -198,4 +216,5 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "retry": cmd_retry,
     "prune": cmd_prune,
     "actions": cmd_actions,
+    "why": cmd_why,
 }

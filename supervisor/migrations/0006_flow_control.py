@@ -16,6 +16,10 @@ class Migration(migrations.Migration):
                     "key",
                     models.CharField(blank=True, help_text="The key argument's value, as JSON.", max_length=250),
                 ),
+                (
+                    "declared",
+                    models.CharField(blank=True, help_text="The limit as last declared.", max_length=200),
+                ),
                 ("holders", models.JSONField(default=list, help_text="Task ids claimed under this key.")),
                 (
                     "starts",

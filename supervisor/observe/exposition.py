@@ -19,6 +19,8 @@ from prometheus_client.registry import Collector
 from task_supervisor.observe.endpoints import Response
 from task_supervisor.observe.stats import Stats
 
+KEYS_SHOWN = 20  # as flowinfo.KEYS_SHOWN: keys per limited path in the census
+
 Snapshot = dict[str, Any]
 
 
@@ -127,6 +129,7 @@ class SupervisorCollector(Collector):
         yield from _lease(snap)
         yield from _queues(stats)
         yield from _schedule_lag(stats)
+        yield from _flow(stats)
         yield _gauge(
             "task_supervisor_database_up",
             "1 when the supervisor's last database work succeeded.",
@@ -183,6 +186,30 @@ def _queues(stats: Stats) -> Iterator[Any]:
         ["queue"],
         [([q], float(v)) for q, v in stats.paused_queues.items()],
     )
+
+
+def _flow(stats: Stats) -> Iterator[Any]:
+    """[limits]: per limit, and per key for the keys the census shows (those holding most back)."""
+    yield _counter(
+        "task_supervisor_claims_held_back",
+        "Claims that found nothing eligible because limits held READY tasks back, per pool.",
+        ["pool"],
+        {(pool,): n for pool, n in stats.held_claims.items()},
+    )
+    for name, field, text in (
+        ("held_back", "held_back", "READY tasks its limits hold back now"),
+        ("running", "running", "Tasks holding its concurrency slots"),
+    ):
+        yield _gauge(
+            f"task_supervisor_limit_{name}", f"{text}, per limited task path.", ["path"],
+            [([c["path"]], float(c[field])) for c in stats.flow],
+        )  # fmt: skip
+        yield _gauge(
+            f"task_supervisor_limit_key_{name}",
+            f"{text}, per key (the keys holding most back, at most {KEYS_SHOWN} per path).",
+            ["path", "key"],
+            [([c["path"], k["key"]], float(k[field])) for c in stats.flow for k in c["keys"]],
+        )
 
 
 def _schedule_lag(stats: Stats) -> Iterator[Any]:

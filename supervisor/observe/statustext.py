@@ -52,6 +52,7 @@ def render(snapshot: dict[str, Any]) -> str:
     if lease.get("enabled"):
         held = f"held, {lease['remaining']:.1f}s left" if lease["held"] else "NOT HELD: running tasks are stopped"
         lines.append(f"lease: {held} (lost {lease['losses']} times)")
+    lines += _flow_lines(snapshot.get("flow") or {})
     if paused := snapshot.get("paused_queues"):
         lines.append(f"paused queues: {', '.join(paused)}")
     hung = [c["worker_id"] for pool in snapshot["pools"] for c in pool["children"] if c.get("hung")]
@@ -77,4 +78,19 @@ def _scheduler_lines(scheduler: dict[str, Any] | None) -> list[str]:
         lag = f" (lag {entry['last_lag'] * 1000:.0f}ms)" if entry.get("last_lag") is not None else ""
         when = entry.get("when") or ""
         lines.append(f"  {entry['name']:<24} {when:<18} last {last or '-'}{lag}  next {entry.get('next') or '-'}")
+    return lines
+
+
+def _flow_lines(flow: dict[str, Any]) -> list[str]:
+    """[limits]: each limit, what it holds back, and the keys at their limit with the reason."""
+    lines = []
+    for limit in flow.get("limits") or []:
+        more = " (more READY rows than counted)" if limit["truncated"] else ""
+        lines.append(
+            f"limit {limit['path']}: {limit['limit']}; {limit['running']} running, "
+            f"{limit['held_back']} held back{more}" + (f"  ERROR: {limit['error']}" if limit["error"] else "")
+        )
+        for key in limit["keys"]:
+            if key["held_back"] or key["reason"]:
+                lines.append(f"  key {key['key'] or '-'}: {key['held_back']} held back: {key['reason']}")
     return lines

@@ -123,8 +123,9 @@ class Flow:
         keys = FlowKey.objects.using(alias)
         locked = keys.select_for_update().filter(limit=limit.path, key=key)
         flow_key = locked.first()
+        declared = limit.describe()
         if flow_key is None:
-            keys.bulk_create([FlowKey(limit=limit.path, key=key)], ignore_conflicts=True)
+            keys.bulk_create([FlowKey(limit=limit.path, key=key, declared=declared)], ignore_conflicts=True)
             flow_key = locked.get()
         holders = self.running(flow_key.holders, row.pk, alias) if limit.concurrency is not None else []
         if limit.concurrency is not None and len(holders) >= limit.concurrency:
@@ -137,8 +138,8 @@ class Flow:
                 raise _Full(HeldKey(limit.path, key, row.queue_name, "rate", due, len(holders)))
             starts.append(now)
         flow_key.holders = [*holders, str(row.pk)] if limit.concurrency is not None else []
-        flow_key.starts = starts
-        flow_key.save(using=alias, update_fields=["holders", "starts", "updated_at"])
+        flow_key.starts, flow_key.declared = starts, declared
+        flow_key.save(using=alias, update_fields=["holders", "starts", "declared", "updated_at"])
         return None if now is None else _as_datetime(now)
 
     def running(self, holders: list, pk: Any, alias: str) -> list[str]:

@@ -296,3 +296,72 @@ def test_unique_scopes(db: Database) -> None:
     assert enqueue_unique(tasks.unlimited, 9, unique_key="t", unique_while="300ms").id != timed.id
     with pytest.raises(ValueError, match='unique_while must be "ready", "active" or a duration'):
         enqueue_unique(tasks.unlimited, 1, unique_key="x", unique_while="sometimes")
+
+
+# -- visible: check, why, status, metrics ---------------------------------------------------------------
+
+
+def test_check_names_unknown_task_paths_and_keys_that_are_no_argument(django_ready: None) -> None:
+    from task_supervisor import flowinfo
+
+    limits = {
+        "tsapp.tasks.nothing": FlowLimit("tsapp.tasks.nothing", 1),
+        "tsapp.tasks.keyed": FlowLimit("tsapp.tasks.keyed", 1, None, "acount_id"),
+        "tsapp.tasks.unlimited": FlowLimit("tsapp.tasks.unlimited", 1, None, "3"),
+    }
+    found = flowinfo.problems(limits)
+    assert found[0].startswith("limits.\"tsapp.tasks.nothing\": no task 'tsapp.tasks.nothing' can be imported")
+    assert found[1].startswith("limits.\"tsapp.tasks.keyed\".key 'acount_id': the task has no argument 'acount_id'")
+    assert found[2].startswith("limits.\"tsapp.tasks.unlimited\".key '3': the task takes 3 positional arguments")
+    assert flowinfo.problems({"tsapp.tasks.keyed": FlowLimit("tsapp.tasks.keyed", 1, None, "account_id")}) == []
+
+
+def test_why_census_status_and_metrics_tell_what_is_held_back(db: Database, limited: Any) -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+    from tsapp import tasks
+
+    from task_supervisor import compat, flowinfo
+    from task_supervisor.observe import exposition, statustext
+    from task_supervisor.observe.stats import Stats
+
+    limit = FlowLimit("tsapp.tasks.keyed", 1, None, "account_id")
+    limited(limit)
+    first, held, free = tasks.keyed.enqueue("A"), tasks.keyed.enqueue("A"), tasks.unlimited.enqueue(1)
+    assert str(claim().pk) == first.id
+    backend = compat.resolve("default")
+    limits = {limit.path: limit}
+    assert flowinfo.explain(backend, limits, held.id) == (
+        f'Task {held.id} is held back by the limit of tsapp.tasks.keyed [account_id="A"] '
+        "(concurrency 1 per account_id): concurrency: 1 of 1 running."
+    )
+    assert "no limit holds it back" in flowinfo.explain(backend, limits, free.id)
+    assert "is RUNNING, not READY" in flowinfo.explain(backend, limits, first.id)
+    [census] = flowinfo.census(backend, [limit])
+    stats = Stats(flow=[census.as_dict()])
+    stats.held_claims["default"] = 3
+    text = statustext._flow_lines({"limits": stats.flow})
+    assert text == [
+        "limit tsapp.tasks.keyed: concurrency 1 per account_id; 1 running, 1 held back",
+        '  key "A": 1 held back: concurrency: 1 of 1 running',
+    ]
+    registry = CollectorRegistry()
+    registry.register(exposition.SupervisorCollector(lambda: _snapshot(), stats))
+    metrics = generate_latest(registry).decode()
+    assert 'task_supervisor_limit_held_back{path="tsapp.tasks.keyed"} 1.0' in metrics
+    assert 'task_supervisor_limit_key_running{key="\\"A\\"",path="tsapp.tasks.keyed"} 1.0' in metrics
+    assert 'task_supervisor_claims_held_back_total{pool="default"} 3.0' in metrics
+    assert [line for line in flowinfo.report_lines(backend, limits) if "held back" in line][1] == (
+        '  key "A": 1 held back: concurrency: 1 of 1 running.'
+    )
+
+
+def _snapshot() -> dict[str, Any]:
+    return {
+        "version": "0",
+        "node": "n",
+        "uptime": 1.0,
+        "pools": [],
+        "database": {"ok": True},
+        "lease": {},
+    }
