@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from task_supervisor import events
+from task_supervisor import events, sentry
 from task_supervisor.chores.recovery import LostTask, Outcome
 from task_supervisor.observe.stats import Stats
 
@@ -36,6 +36,16 @@ def lost_handled(
             "worker_id": lost.worker_id,
             "attempt": outcome.attempts,
         },
+    )
+    sentry.report(
+        task_id=outcome.task_id,
+        path=outcome.path,
+        queue=outcome.queue,
+        attempt=outcome.attempts,
+        worker_id=lost.worker_id,
+        exception_path=lost.exception_path,
+        message=lost.message,
+        extra_tags={"outcome": "requeued" if outcome.status == "READY" else "failed"},
     )
 
 

@@ -8,6 +8,7 @@ and a row that finished or was claimed again in the meantime is left alone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import logging
 import math
@@ -68,6 +69,7 @@ class Outcome:
     path: str = ""
     run_after: datetime | None = None  # set when retried later
     last_attempt: bool = False  # a retry policy applied but its attempts ran out
+    queue: str = ""  # the row's queue, for reports
 
 
 _LIMITED: weakref.WeakSet[Any] = weakref.WeakSet()  # MySQLdb connections whose session limits are set
@@ -143,11 +145,12 @@ def finish(backend: TaskBackend, lost: LostTask, policy_for: PolicyFor, rng: ran
         rows = last_worker_in(model.objects.select_for_update().filter(status="RUNNING"), [lost.worker_id])
         if lost.task_id is not None:
             rows = rows.filter(id=lost.task_id)
-        for row in rows.only("id", "worker_ids", "status", "task_path"):
+        for row in rows.only("id", "worker_ids", "status", "task_path", "queue_name"):
             # The filter picked the rows; this check, under their lock, is the one that decides.
             if last_worker(row.worker_ids) != lost.worker_id:
                 continue
-            outcomes.append(_finish_row(backend, row, lost, policy_for(row.task_path), rng))
+            outcome = _finish_row(backend, row, lost, policy_for(row.task_path), rng)
+            outcomes.append(dataclasses.replace(outcome, queue=row.queue_name))
     return outcomes
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from task_supervisor import sentry
 from task_supervisor.config import Config, PoolConfig
 from task_supervisor.loop.pool import recycle_after
 from task_supervisor.wire.spec import CHILD_EXIT_CRASHED, SCHEDULER, ChildSpec, WorkerId
@@ -88,6 +89,7 @@ class Spawner:
 
 def _prepare_fork() -> None:
     """No open database connection and no other thread may cross a fork."""
+    sentry.quiesce()  # the Sentry SDK's sender thread, started by a report of the supervisor's
     if threading.active_count() > 1:
         names = ", ".join(t.name for t in threading.enumerate() if t is not threading.current_thread())
         raise ForkWithThreadsError(f"cannot fork a worker while other threads run ({names}).")

@@ -81,7 +81,7 @@ def run_child(spec: ChildSpec, report_fd: int, control_fd: int) -> NoReturn:
 
 def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int:
     from task_supervisor import compat
-    from task_supervisor.worker import fence, flow, proctitle, rowguard
+    from task_supervisor.worker import failures, fence, flow, proctitle, rowguard
 
     try:
         backend = compat.resolve(spec.backend)
@@ -98,6 +98,7 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
     rowguard.install(backend.model, may_claim=channel.lease_valid, pick=limits.pick if limits else None)
     fence.install(backend, spec.worker_id, reporter, spec.pool, spec.slot, lease_valid=channel.lease_valid)
     _hook_signals(backend, reporter, spec, channel)
+    failures.hook(backend, spec)  # Sentry, when the project initialised it
     worker_module = importlib.import_module(backend.worker_command)
     channel.install(worker_module)
     proctitle.set_title(f"task-supervisor: {spec.pool}[{spec.slot}] idle")
