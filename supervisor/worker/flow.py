@@ -54,6 +54,11 @@ class HeldKey:
     reason: str  # "concurrency" or "rate"
     due: float | None  # epoch seconds of the next start a rate allows; None: when a slot frees
     running: int
+    value: Any = None  # the key argument's value, as stored
+
+
+class _Busy(Exception):
+    pass
 
 
 class _Full(Exception):
@@ -69,6 +74,7 @@ class Flow:
         self.limits = {limit.path: limit for limit in limits}
         self.on_held = on_held
         self.arguments: dict[str, Any] = {}  # path -> KeyArgument, or _UNKEYED
+        self.contended = False  # this pick passed a row whose key row another claim had locked
 
     def pick(self, queryset: Any, original: Callable[[Any], Any]) -> Any:
         """The next row this worker may claim, locked, with its limits' admission written; or None."""
@@ -76,79 +82,141 @@ class Flow:
         if row is None or row.task_path not in self.limits:
             return row  # the usual claim, one query: nothing limited is in the way
         held: dict[tuple[str, str], HeldKey] = {}
+        self.contended = False
         if self.admit(row, queryset.db, held):
             return row
         found, more = self.scan(queryset, original, held)
         if found is None:
-            self.on_held(list(held.values()), more)
+            self.on_held(list(held.values()), more or self.contended)
         return found
 
     def scan(self, queryset: Any, original: Callable[[Any], Any], held: dict) -> tuple[Any, bool]:
-        """Past a held-back row: the first eligible among the next READY rows; whether any were left unread."""
-        columns = ("pk", "task_path", "args_kwargs")
-        for offset in range(0, SCAN_MAX, SCAN_BATCH):
-            batch = list(queryset.values_list(*columns)[offset : offset + SCAN_BATCH])
+        """Past a held-back row: the first eligible among the next READY rows; whether any were left unread.
+
+        Each read leaves out the rows already passed and, in SQL, those of the keys held back so far
+        (``without``), so a queue whose READY rows are all held back is known to be so in a query or two.
+        """
+        passed: list[Any] = []
+        while len(passed) < SCAN_MAX:
+            batch = list(
+                self.without(queryset, held, passed).values_list("pk", "task_path", "args_kwargs")[:SCAN_BATCH]
+            )
+            if not batch:
+                return None, False
             for pk, path, args_kwargs in batch:
+                passed.append(pk)
                 limit = self.limits.get(path)
                 if limit is not None and (path, self.key_of(limit, args_kwargs)) in held:
                     continue
                 row = original(queryset.filter(pk=pk))  # SKIP LOCKED: None if another claimer has it
-                if row is not None and (limit is None or self.admit(row, queryset.db, held)):
+                if row is None:
+                    continue
+                known = len(held)
+                if limit is None or self.admit(row, queryset.db, held):
                     return row, False
-            if len(batch) < SCAN_BATCH:
-                return None, False
+                if len(held) > known:
+                    break  # read again without the newly held key's rows
         return None, True
+
+    def without(self, queryset: Any, held: dict, passed: list[Any]) -> Any:
+        """``queryset`` less the rows passed and the rows of held keys that SQL can tell."""
+        from django.db.models import Q
+
+        excluded = Q(pk__in=passed) if passed else Q()
+        for (path, _key), entry in held.items():
+            limit = self.limits[path]
+            if limit.key is None:
+                excluded |= Q(task_path=path)
+            elif isinstance(entry.value, str | int) and not isinstance(entry.value, bool):
+                argument = self.arguments.get(path)
+                if isinstance(argument, KeyArgument):
+                    by_name = Q(**{f"args_kwargs__kwargs__{argument.name}": entry.value})
+                    by_position = (
+                        Q(**{f"args_kwargs__args__{argument.position}": entry.value})
+                        if argument.position is not None
+                        else Q(pk__in=[])
+                    )
+                    # A subquery, not the JSON tests themselves: a row lacking the argument makes them
+                    # NULL, and NOT NULL would leave that row out too.
+                    keyed = self.model._base_manager.filter(status="READY", task_path=path).filter(
+                        by_name | by_position
+                    )
+                    excluded |= Q(pk__in=keyed.values("pk"))
+        return queryset.exclude(excluded) if excluded else queryset
 
     def admit(self, row: Any, alias: str, held: dict) -> bool:
         """Take a slot (and a start) for the locked ``row``, or record its key as held back."""
-        from django.db import transaction
+        from django.db import connections, transaction
 
         limit = self.limits[row.task_path]
         key = self.key_of(limit, row.args_kwargs)
         if key is None:
             return True  # its arguments cannot be read: db_worker fails it when it calls the task
+        vendor = connections[alias].vendor
         try:
-            with transaction.atomic(using=alias):  # a savepoint: a refusal drops the key row's lock
+            if vendor == "sqlite":
+                # The claim's transaction is exclusive: no lock to drop, and a refusal writes nothing.
                 started = self.take(limit, key, row, alias)
+            else:
+                with transaction.atomic(using=alias):  # a savepoint: PostgreSQL drops the key row's lock at a refusal
+                    started = self.take(limit, key, row, alias, skip_locked=vendor == "mysql")
         except _Full as full:
             held[(limit.path, key)] = full.held
+            return False
+        except _Busy:
+            self.contended = True  # another claim holds the key's row: look again soon
             return False
         if started is not None:
             row.task_supervisor_started_at = started
         return True
 
-    def take(self, limit: FlowLimit, key: str, row: Any, alias: str) -> dt.datetime | None:
+    def take(self, limit: FlowLimit, key: str, row: Any, alias: str, skip_locked: bool = False) -> dt.datetime | None:
+        """Admit ``row`` under its key's row lock, or raise _Full (before writing anything) or _Busy.
+
+        ``skip_locked`` (MySQL/MariaDB, whose rollback to a savepoint keeps the row locks taken
+        after it): never wait for a key row, so claims holding one cannot wait for each other.
+        """
         from task_supervisor.models import FlowKey
 
         keys = FlowKey.objects.using(alias)
-        locked = keys.select_for_update().filter(limit=limit.path, key=key)
+        locked = keys.select_for_update(skip_locked=skip_locked).filter(limit=limit.path, key=key)
         flow_key = locked.first()
         declared = limit.describe()
         if flow_key is None:
             keys.bulk_create([FlowKey(limit=limit.path, key=key, declared=declared)], ignore_conflicts=True)
-            flow_key = locked.get()
-        holders = self.running(flow_key.holders, row.pk, alias) if limit.concurrency is not None else []
+            flow_key = locked.first()
+            if flow_key is None:
+                raise _Busy()
+        holders = [str(h) for h in flow_key.holders if h != str(row.pk)] if isinstance(flow_key.holders, list) else []
         if limit.concurrency is not None and len(holders) >= limit.concurrency:
-            raise _Full(HeldKey(limit.path, key, row.queue_name, "concurrency", None, len(holders)))
+            # Only a full list is pruned to the rows still RUNNING: under it, the key has room anyway.
+            holders = self.running(holders, alias)
+        if limit.concurrency is not None and len(holders) >= limit.concurrency:
+            raise _Full(
+                HeldKey(limit.path, key, row.queue_name, "concurrency", None, len(holders), self.value(limit, row))
+            )
         starts, now = [], None
         if limit.rate is not None:
             now = database_now(alias, flow_key.starts)
             starts, due = rate_verdict(flow_key.starts, now, limit.rate)
             if due is not None:
-                raise _Full(HeldKey(limit.path, key, row.queue_name, "rate", due, len(holders)))
+                raise _Full(HeldKey(limit.path, key, row.queue_name, "rate", due, len(holders), self.value(limit, row)))
             starts.append(now)
         flow_key.holders = [*holders, str(row.pk)] if limit.concurrency is not None else []
         flow_key.starts, flow_key.declared = starts, declared
         flow_key.save(using=alias, update_fields=["holders", "starts", "declared", "updated_at"])
         return None if now is None else _as_datetime(now)
 
-    def running(self, holders: list, pk: Any, alias: str) -> list[str]:
+    def running(self, holders: list[str], alias: str) -> list[str]:
         """The holders whose rows are still RUNNING: the slots taken right now."""
-        others = [h for h in holders if h != str(pk)] if isinstance(holders, list) else []
-        if not others:
-            return []
-        found = self.model._base_manager.using(alias).filter(pk__in=others, status=RUNNING).values_list("pk", flat=True)
+        found = (
+            self.model._base_manager.using(alias).filter(pk__in=holders, status=RUNNING).values_list("pk", flat=True)
+        )
         return [str(pk) for pk in found]
+
+    def value(self, limit: FlowLimit, row: Any) -> Any:
+        argument = self.arguments.get(limit.path)
+        return argument.value(row.args_kwargs) if isinstance(argument, KeyArgument) else None
 
     def key_of(self, limit: FlowLimit, args_kwargs: Any) -> str | None:
         """The key a stored call falls under ("" for a limit without key); None if unreadable."""

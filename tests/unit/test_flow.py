@@ -161,6 +161,7 @@ def account(row: Any) -> Any:
     return row.args_kwargs["args"][0] if row.args_kwargs["args"] else row.args_kwargs["kwargs"]["account_id"]
 
 
+@pytest.mark.parametrize("db", ["sqlite", "postgres", "mariadb"], indirect=True)
 def test_a_busy_key_is_passed_over_and_freed_when_its_row_stops_running(db: Database, limited: Any) -> None:
     from tsapp import tasks
 
@@ -199,6 +200,7 @@ def test_concurrency_n_without_key_counts_every_running_row_of_the_path(db: Data
     assert claim() is not None and claim() is None
 
 
+@pytest.mark.parametrize("db", ["sqlite", "postgres", "mariadb"], indirect=True)
 def test_a_rate_admits_count_starts_per_window_and_stamps_started_at(db: Database, limited: Any) -> None:
     from tsapp import tasks
 
@@ -219,6 +221,24 @@ def test_a_rate_admits_count_starts_per_window_and_stamps_started_at(db: Databas
     assert stored == late.started_at  # the start the rate counted is the row's started_at
 
 
+def test_rows_of_held_keys_are_left_out_in_sql_so_a_long_backlog_is_passed_at_once(
+    db: Database, limited: Any, monkeypatch: Any
+) -> None:
+    from tsapp import tasks
+
+    from task_supervisor.worker import flow
+
+    monkeypatch.setattr(flow, "SCAN_BATCH", 3)
+    monkeypatch.setattr(flow, "SCAN_MAX", 6)
+    reports = limited(FlowLimit("tsapp.tasks.keyed", 1, None, "account_id"))
+    for n in range(10):
+        tasks.keyed.enqueue("A") if n % 2 else tasks.keyed.enqueue(account_id="A")
+    free = tasks.unlimited.enqueue(1)
+    assert account(claim()) == "A"
+    assert str(claim().pk) == free.id  # past nine held-back rows, more than SCAN_MAX
+    assert claim() is None and reports.sent[-1]["more"] is False  # all READY rows are A's: known at once
+
+
 def test_scan_gives_up_after_scan_max_rows_and_says_more(db: Database, limited: Any, monkeypatch: Any) -> None:
     from tsapp import tasks
 
@@ -228,9 +248,9 @@ def test_scan_gives_up_after_scan_max_rows_and_says_more(db: Database, limited: 
     monkeypatch.setattr(flow, "SCAN_MAX", 6)
     reports = limited(FlowLimit("tsapp.tasks.keyed", 1, None, "account_id"))
     for _ in range(10):
-        tasks.keyed.enqueue("A")
+        tasks.keyed.enqueue(1.5)  # a float key: held back row by row, never left out in SQL
     tasks.unlimited.enqueue(1)
-    assert account(claim()) == "A"
+    assert account(claim()) == 1.5
     assert claim() is None and reports.sent[-1]["more"] is True
 
 
@@ -365,3 +385,38 @@ def _snapshot() -> dict[str, Any]:
         "database": {"ok": True},
         "lease": {},
     }
+
+
+@pytest.mark.parametrize("db", ["mariadb"], indirect=True)
+def test_on_mariadb_a_key_row_another_claim_holds_is_passed_not_waited_for(db: Database, limited: Any) -> None:
+    """InnoDB keeps row locks past a rollback to savepoint: a claim never waits for a key row there."""
+    from django.db import connections, transaction
+    from tsapp import tasks
+
+    from task_supervisor.models import FlowKey
+
+    reports = limited(FlowLimit("tsapp.tasks.keyed", 2, None, "account_id"))
+    first = tasks.keyed.enqueue("A")
+    assert str(claim().pk) == first.id  # the key row of A exists now
+    tasks.keyed.enqueue("A")
+    free = tasks.unlimited.enqueue(1)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with transaction.atomic():
+            list(FlowKey.objects.select_for_update().filter(key='"A"'))
+            locked.set()
+            release.wait(10)
+        connections.close_all()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(5)
+        started = time.monotonic()
+        assert str(claim().pk) == free.id and time.monotonic() - started < 2
+        assert claim() is None and reports.sent[-1]["more"] is True
+    finally:
+        release.set()
+        holder.join()
+    assert account(claim()) == "A"  # released: A's second slot is taken
