@@ -38,11 +38,11 @@ from tests.chaos.harness import (
 )
 from tests.support import Database, SupervisorProcess, wait_until
 
-TASKS = 1000
+TASKS = 600
 CHILDREN = 4
-CHAOS_SECONDS = 15.0
-SIGTERM_SECONDS = 10.0
-FEED_SECONDS = 12.0  # the tasks arrive over this much of the chaos window
+CHAOS_SECONDS = 9.0
+SIGTERM_SECONDS = 6.0
+FEED_SECONDS = 7.0  # the tasks arrive over this much of the chaos window
 KILL_EVERY = (0.1, 0.5)  # seconds between kills, uniformly drawn
 MAX_ATTEMPTS = 50  # with "requeue": far more than any task is ever killed
 

@@ -44,7 +44,7 @@ from tests.chaos.harness import (
 )
 from tests.support import PROJECT, Database, SupervisorProcess, config_toml, wait_until
 
-ROUNDS = 3
+ROUNDS = 2
 TASKS_PER_ROUND = 250
 CHILDREN = 4
 CHAOS_SECONDS = 4.0  # per round

@@ -62,11 +62,11 @@ RECOVERED_WITHIN = NODE_TIMEOUT + BEAT
 SLACK = 3.0  # seconds of scheduling delay allowed on a busy two-core machine
 LONG = 40.0  # seconds a task on ``a`` would run if nothing stopped it
 RERUN = 2.0  # seconds a rerun of it takes
-BLACKHOLE = 16.0  # seconds the proxy swallows ``a``'s traffic: well over node_timeout
+BLACKHOLE = 14.0  # seconds the proxy swallows ``a``'s traffic: well over node_timeout
 SHORT_FREEZE = 7.5  # seconds: past the lease's margin, before another node may recover
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 SKEW = 300  # seconds each node's wall clock is off, ahead on ``a``, behind on ``b``
-SKEW_WATCH = 3 * NODE_TIMEOUT  # seconds both skewed nodes run side by side
+SKEW_WATCH = 2 * NODE_TIMEOUT  # seconds both skewed nodes run side by side
 HUNG_WITHIN = 2 * 1.0 + 1.0 + SLACK  # stopped at two OS checks 1 s apart, plus a check's phase
 POLL = 0.05  # seconds between the watch's samples
 
