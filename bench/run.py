@@ -13,6 +13,7 @@ import argparse
 import datetime
 import functools
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -25,7 +26,8 @@ from benchkit.database import BenchError, Database
 from benchkit.report import Results, latency_key, throughput_key
 from benchkit.signals import interrupt_on_term
 
-FIGURES = ("latency", "throughput", "restart", "memory", "cpu")
+FIGURES = ("latency", "throughput", "restart", "memory", "cpu", "limits")
+LIMITS_TASKS = 2000  # backlog per run of the [limits] figure (bench/flow.py); --quick: 500
 KINDS = ("bare", "supervisor")
 SUPERVISOR_GAP = (0.05, 0.30)  # seconds between one task's start and the next enqueue
 # A bare worker's latency depends on where in its 1 s polling cycle a task lands: gaps spanning a
@@ -244,7 +246,14 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, figures=tuple(args.only))
     interrupt_on_term()
     try:
-        return run(plan, args)
+        code = run(plan, args) if set(plan.figures) - {"limits"} else 0
+        if "limits" in plan.figures:
+            # Its own process: it runs the tests' project, with settings of its own.
+            tasks = str(500 if args.quick else LIMITS_TASKS)
+            print()
+            flow = [sys.executable, str(Path(__file__).with_name("flow.py")), "--tasks", tasks]
+            code = subprocess.run(flow, check=False).returncode or code
+        return code
     except KeyboardInterrupt:
         print("Interrupted: every process stopped, database and files removed.", file=sys.stderr)
         return 130
