@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from task_supervisor.wire.limits import FlowLimit, KeyArgument, key_text, rate_verdict
+from task_supervisor.wire.limits import MAX_RATE_WINDOW, FlowLimit, KeyArgument, key_text, rate_verdict
 
 CENSUS_ROWS = 10_000  # READY rows read per limited path
 TIDY_ROWS = 500  # rows deleted per table and tidy
@@ -154,8 +154,8 @@ def _paused(backend: Any, queue: str) -> bool:
 
 
 def tidy(backend: Any, limits: dict[str, FlowLimit], now: float | None = None) -> int:
-    """Delete FlowKey rows that hold no RUNNING slot and no start inside their window (or whose limit
-    is no longer declared) and UniqueTask rows out of their scope; at most TIDY_ROWS of each."""
+    """Delete FlowKey rows that hold no RUNNING slot and no start inside their window (a day for a
+    limit not declared here) and UniqueTask rows out of their scope; at most TIDY_ROWS of each."""
     from django.db import transaction
 
     from task_supervisor.models import FlowKey, UniqueTask
@@ -181,10 +181,11 @@ def tidy(backend: Any, limits: dict[str, FlowLimit], now: float | None = None) -
 
 
 def _idle(row: Any, limit: FlowLimit | None, running: set[str], now: float) -> bool:
-    if limit is None:
-        return True
     if any(h in running for h in (row.holders if isinstance(row.holders, list) else [])):
         return False
+    if limit is None:
+        # Declared on another node, perhaps: gone only once no window (a day at most) can still hold a start.
+        return row.updated_at.timestamp() < now - MAX_RATE_WINDOW
     if limit.rate is not None and isinstance(row.starts, list):
         return not any(isinstance(s, int | float) and s >= now - limit.rate.per for s in row.starts)
     return True

@@ -208,8 +208,7 @@ class Janitor:
             if self.config.retention.enabled:
                 moments.append(max(self.retry_at, self.retention.next_due()))
             moments.append(max(self.retry_at, self.figures.next_due()))
-            if (flow_due := self.flow.next_due(self.config.limits)) is not None:
-                moments.append(max(self.retry_at, flow_due))
+            moments.append(max(self.retry_at, self.flow.next_due(self.config.limits)))
         return min(moments)
 
     def tick(self, now: float, live_worker_ids: set[str], pools: list[str]) -> list[tuple[str, str]]:

@@ -14,9 +14,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
+RATE_UNITS = {
+    "s": 1.0, "sec": 1.0, "second": 1.0,
+    "m": 60.0, "min": 60.0, "minute": 60.0,
+    "h": 3600.0, "hour": 3600.0,
+    "d": 86400.0, "day": 86400.0,
+}  # fmt: skip
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
 MAX_RATE_COUNT = 10_000  # starts remembered per key: the window's log lives in one row
+MAX_RATE_WINDOW = 86_400.0  # seconds: the longest window a rate may have
 RATE_STEP = 1e-6  # seconds: the databases' resolution, the least gap past a full window
 KEY_MAX_LENGTH = 200  # characters of a key value stored as is; longer ones are hashed
 
@@ -45,6 +51,8 @@ def parse_rate(value: object) -> Rate:
         raise ValueError("a rate needs at least 1 start in a window longer than 0")
     if count > MAX_RATE_COUNT:
         raise ValueError(f"at most {MAX_RATE_COUNT} starts per window are supported")
+    if per > MAX_RATE_WINDOW:
+        raise ValueError("a rate's window may be a day at most")
     return Rate(count, per)
 
 

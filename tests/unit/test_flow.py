@@ -55,7 +55,8 @@ def test_rates() -> None:
     assert parse_rate("100 / minute") == Rate(100, 60.0)
     assert parse_rate("5/10s") == Rate(5, 10.0)
     assert parse_rate("1000/h") == Rate(1000, 3600.0)
-    for bad in ("0/s", "10", "/s", "1.5/s", "10/y"):
+    assert parse_rate("100/d") == Rate(100, 86400.0)
+    for bad in ("0/s", "10", "/s", "1.5/s", "10/y", "1/2d", "10001/h"):
         with pytest.raises(ValueError):
             parse_rate(bad)
 
@@ -420,3 +421,33 @@ def test_on_mariadb_a_key_row_another_claim_holds_is_passed_not_waited_for(db: D
         release.set()
         holder.join()
     assert account(claim()) == "A"  # released: A's second slot is taken
+
+
+def test_tidy_keeps_what_still_counts_and_deletes_the_rest(db: Database, limited: Any) -> None:
+    import datetime as dt
+
+    from tsapp import tasks
+
+    from task_supervisor import compat, enqueue_unique, flowinfo
+    from task_supervisor.models import FlowKey, UniqueTask
+
+    limit = FlowLimit("tsapp.tasks.keyed", 1, None, "account_id")
+    limited(limit)
+    tasks.keyed.enqueue("A")
+    tasks.keyed.enqueue("B")
+    running, done = claim(), claim()
+    finish(done)
+    other_node = FlowKey.objects.create(limit="elsewhere.task", key="1", holders=[str(running.pk)])
+    stale = FlowKey.objects.create(limit="elsewhere.old", key="1")
+    FlowKey.objects.filter(pk=stale.pk).update(updated_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
+    kept = enqueue_unique(tasks.unlimited, 1, unique_key="kept")
+    gone = enqueue_unique(tasks.unlimited, 2, unique_key="gone")
+    type(running).objects.filter(pk=gone.id).update(status="FAILED")
+    backend = compat.resolve("default")
+    assert flowinfo.tidy(backend, {limit.path: limit}) == 3  # B's idle key, the stale row, "gone"
+    assert sorted(FlowKey.objects.values_list("limit", "key")) == [
+        ("elsewhere.task", "1"),  # not declared here, but its holder runs
+        ("tsapp.tasks.keyed", '"A"'),
+    ]
+    assert list(UniqueTask.objects.values_list("key", flat=True)) == ["kept"]
+    del other_node, kept
