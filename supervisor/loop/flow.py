@@ -15,12 +15,16 @@ from typing import Any
 
 MIN_REWAKE = 0.05  # seconds: a due already past (clocks apart) is retried no sooner than this
 RESCAN = 0.05  # seconds: a claim that left rows unread looks again this soon
+# Seconds a queue counts as waiting for slots of a path after a child last found them all taken:
+# the child woken by a finish claims and says nothing more, while the others, still sleeping,
+# report again at their next poll (every pool's interval is far shorter).
+WAITING_TTL = 120.0
 
 
 class FlowWakes:
     def __init__(self, wake_one: Callable[[str, float], None]) -> None:
         self.wake_one = wake_one
-        self.waiting: dict[str, set[str]] = {}  # queue -> limited paths its sleeping children wait for
+        self.waiting: dict[str, dict[str, float]] = {}  # queue -> {limited path its children wait for: until}
         self.due: dict[str, float] = {}  # queue -> monotonic moment to wake one of its children
 
     def on_held(self, message: dict[str, Any], now: float, wall: float) -> None:
@@ -28,7 +32,7 @@ class FlowWakes:
         paths = {str(p) for p in message.get("paths") or []}
         if message.get("waiting"):
             for queue in queues:
-                self.waiting.setdefault(queue, set()).update(paths)
+                self.waiting.setdefault(queue, {}).update(dict.fromkeys(paths, now + WAITING_TTL))
         due = message.get("due")
         later = RESCAN if message.get("more") else None
         if isinstance(due, int | float):
@@ -41,8 +45,12 @@ class FlowWakes:
     def on_finished(self, path: str, now: float) -> None:
         """A task finished here: wake a child of each queue waiting for a slot of its path."""
         for queue, paths in list(self.waiting.items()):
-            if path in paths:
-                del self.waiting[queue]
+            until = paths.get(path)
+            if until is not None and until < now:
+                del paths[path]
+                if not paths:
+                    del self.waiting[queue]
+            elif until is not None:
                 self.wake_one(queue, now)
 
     def next_due(self) -> float | None:

@@ -25,17 +25,23 @@ TASKS = 500
 UNLIMITED = 100
 
 
-def pool(extra: str = "") -> str:
+def pool(extra: str = "", interval: str = "500ms") -> str:
     return f"""
 [pools.default]
 processes = {CHILDREN}
-interval = "500ms"
+interval = "{interval}"
 {extra}
 """
 
 
-def start_two(supervisor: Callable[..., SupervisorProcess], limits: str, extra: str = "") -> list[SupervisorProcess]:
-    sups = [supervisor(config_toml(pool(extra) + limits, node=node)) for node in NODES]
+# Children that poll this seldom are fast only if the supervisor wakes them (a slot freed, a start due).
+SLOW_POLL = "5s"
+
+
+def start_two(
+    supervisor: Callable[..., SupervisorProcess], limits: str, extra: str = "", interval: str = "500ms"
+) -> list[SupervisorProcess]:
+    sups = [supervisor(config_toml(pool(extra, interval) + limits, node=node)) for node in NODES]
     for sup in sups:
         sup.wait_event(events.CHILD_READY, count=CHILDREN)
     return sups
@@ -148,16 +154,18 @@ def test_a_busy_key_does_not_block_the_queue_behind_it(
 ) -> None:
     from tsapp import tasks as t
 
-    sups = start_two(supervisor, CONCURRENCY_ONE)
     hot = [t.keyed.enqueue("hot", "", 0.5) for _ in range(6)]
     free = [t.unlimited.enqueue(n) for n in range(40)]
+    sups = start_two(supervisor, CONCURRENCY_ONE, interval=SLOW_POLL)
     wait_until(lambda: rows().filter(pk__in=[r.id for r in free], status="SUCCESSFUL").count() == 40, 30)
     hot_rows = rows().filter(pk__in=[r.id for r in hot])
     assert hot_rows.filter(status="READY").count() >= 2  # the hot key still has a backlog...
     assert all(ids == [] for ids in hot_rows.filter(status="READY").values_list("worker_ids", flat=True))
     wait_finished(46, sups, 30)  # ...which runs one at a time, after every unlimited task finished
     starts = sorted(hot_rows.values_list("started_at", flat=True))
-    assert all((b - a).total_seconds() >= 0.5 for a, b in itertools.pairwise(starts)), starts
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
+    # One at a time, and each next one started when the previous finished, not at a 5 s poll.
+    assert all(0.5 <= gap < 2.0 for gap in gaps), gaps
 
 
 RATE = f"""
@@ -174,12 +182,12 @@ def test_rate_five_per_second_per_key(
 
     out = tmp_path / "runs"
     out.mkdir()
-    sups = start_two(supervisor, RATE)
     from django.db import transaction
 
     with transaction.atomic():
         for n in range(36):
             t.keyed.enqueue(f"r{n % 3}", str(out))
+    sups = start_two(supervisor, RATE, interval=SLOW_POLL)
     wait_finished(36, sups, 60)
     by_key: dict[str, list[float]] = defaultdict(list)
     for args_kwargs, started in rows().values_list("args_kwargs", "started_at"):
@@ -191,7 +199,8 @@ def test_rate_five_per_second_per_key(
         crowded = [(a, b) for a, b in zip(starts, starts[5:], strict=False) if b - a <= 1.0]
         assert crowded == [], f"{key}: 6 starts within 1 s: {crowded}"
         span = starts[-1] - starts[0]
-        assert span < 4.5, f"{key}: 12 starts at 5/s took {span:.2f}s: children waited past the due starts"
+        # 12 starts at 5/s need 2 s and a bit: children polling every 5 s made it only if woken when due.
+        assert span < 4.0, f"{key}: 12 starts at 5/s took {span:.2f}s: children waited past the due starts"
     stamped = {k: sorted(r[0] for r in runs) for k, runs in intervals(out).items()}
     most = max(sum(1 for s in st if a <= s < a + 1.0) for st in stamped.values() for a in st)
     held = sum(sup.status()["flow"]["held_claims"] for sup in sups)
@@ -199,7 +208,7 @@ def test_rate_five_per_second_per_key(
         f"\n[{db.engine}] rate 5/s, 3 keys x 12 tasks: most starts of a key in one closed 1 s window"
         f" by started_at {densest}; by the tasks' own stamps {most}; claims that found nothing eligible: {held}"
     )
-    # No polling in a tight loop: 8 children idle ~2.2 s, woken at their poll interval or a due start.
+    # No polling in a tight loop: 8 children idle ~2.2 s, woken when a start is due.
     assert held < 150
 
 

@@ -451,3 +451,33 @@ def test_tidy_keeps_what_still_counts_and_deletes_the_rest(db: Database, limited
     ]
     assert list(UniqueTask.objects.values_list("key", flat=True)) == ["kept"]
     del other_node, kept
+
+
+# -- the supervisor's wakes ----------------------------------------------------------------------------
+
+
+def test_children_waiting_on_limits_are_woken_by_a_finish_or_a_due_start() -> None:
+    from task_supervisor.loop.flow import MIN_REWAKE, WAITING_TTL, FlowWakes
+
+    woken: list[tuple[str, float]] = []
+    wakes = FlowWakes(lambda queue, now: woken.append((queue, now)))
+    held = {"paths": [KEYED_PATH], "queues": ["q"], "due": None, "waiting": True, "more": False}
+    wakes.on_held(held, now=10.0, wall=1000.0)
+    wakes.on_finished("other.path", 11.0)
+    assert woken == [] and wakes.next_due() is None
+    wakes.on_finished(KEYED_PATH, 12.0)
+    wakes.on_finished(KEYED_PATH, 13.0)  # the woken child claimed and said nothing: still waiting
+    assert woken == [("q", 12.0), ("q", 13.0)]
+    wakes.on_finished(KEYED_PATH, 10.0 + WAITING_TTL + 1)  # nobody reported for that long
+    assert len(woken) == 2 and wakes.waiting == {}
+    wakes.on_held({**held, "waiting": False, "due": 1000.4, "queues": ["r"]}, now=20.0, wall=1000.0)
+    assert wakes.next_due() == pytest.approx(20.4)
+    wakes.tick(20.3)
+    assert len(woken) == 2
+    wakes.tick(20.4)
+    assert woken[-1] == ("r", 20.4) and wakes.next_due() is None
+    wakes.on_held({**held, "waiting": False, "due": 990.0}, now=30.0, wall=1000.0)  # clocks apart
+    assert wakes.next_due() == pytest.approx(30.0 + MIN_REWAKE)
+
+
+KEYED_PATH = "tsapp.tasks.keyed"
