@@ -15,7 +15,8 @@ import datetime as dt
 from typing import Any
 
 SCOPES = ("ready", "active")
-STATUSES = {"ready": ("READY",), "active": ("READY", "RUNNING")}
+# "NEW": READY as older database backends of django-tasks name it (the scheduler counts it too).
+STATUSES = {"ready": ("READY", "NEW"), "active": ("READY", "NEW", "RUNNING")}
 ATTEMPTS = 5  # transactions tried when another enqueue of the key keeps winning the insert
 KEY_MAX_LENGTH = 200
 
