@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from task_supervisor import events, exitcodes, ops
 from task_supervisor.chores import retention
@@ -50,6 +51,29 @@ def test_a_task_running_on_the_other_node_is_cancelled(supervisor, db, tmp_path)
     assert "already finished" in ops.cancel([str(result.id)]).message
     time.sleep(0.5)
     assert status_of(result) == "FAILED" and len(row(result).worker_ids) == 1
+
+
+def test_a_cancelled_task_that_does_not_stop_is_killed_kill_after_later(supervisor, db, tmp_path):
+    from tsapp import tasks
+
+    sup = supervisor(config_toml(TWO_QUEUES + 'kill_after = "1s"\n'))
+    sup.wait_event(events.CHILD_READY)
+    marker = tmp_path / "started"
+    result = tasks.stubborn.enqueue(60, str(marker))  # catches TaskCancelled and sleeps on
+    wait_until(marker.exists, 20, message="the task to start")
+    asked = time.monotonic()
+    ops.cancel([str(result.id)], actor="tester")
+    done = wait_finished(result, "FAILED", timeout=15)
+    took = time.monotonic() - asked
+    assert done.exception_class_path == CANCELLED, done.traceback
+    assert Path(str(marker) + ".caught").exists()  # it was told, and did not stop
+    sup.wait_event(events.TASK_CANCEL_SENT, task_id=str(result.id))
+    sup.wait_event(events.TASK_CANCEL_KILL, task_id=str(result.id))
+    assert took >= 1.0, took  # not before kill_after
+    print(f"cancelled task that swallowed TaskCancelled on {db.engine}: killed, FAILED {took:.2f}s after ops.cancel")
+    sup.wait_event(events.CHILD_STARTED, pool="default", slot=0, count=2)  # its slot refilled
+    wait_finished(tasks.add.enqueue(2, 2), "SUCCESSFUL", timeout=15)
+    assert status_of(result) == "FAILED" and len(row(result).worker_ids) == 1  # never retried
 
 
 def test_a_pause_holds_on_both_nodes_and_a_resume_is_picked_up_at_once(supervisor, db):

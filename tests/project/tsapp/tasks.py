@@ -63,8 +63,8 @@ def argv0() -> str:
 
 @task()
 def stubborn(seconds: float, marker: str = "") -> str:
-    """Catch TaskTimeout and keep sleeping: only the hard kill stops it."""
-    from task_supervisor import TaskTimeout
+    """Catch TaskTimeout and TaskCancelled and keep sleeping: only the hard kill stops it."""
+    from task_supervisor import TaskCancelled, TaskTimeout
 
     if marker:
         Path(marker).write_text(str(os.getpid()))
@@ -72,7 +72,7 @@ def stubborn(seconds: float, marker: str = "") -> str:
     while time.monotonic() < deadline:
         try:
             time.sleep(deadline - time.monotonic())
-        except TaskTimeout:
+        except (TaskTimeout, TaskCancelled):
             Path(marker + ".caught").write_text("caught")
     return "survived"
 
