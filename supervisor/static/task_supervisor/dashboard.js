@@ -142,7 +142,7 @@
       return el("tr", { "data-queue": q.queue }, [el("td", { text: q.queue }), el("td", { class: "ready", text: String(q.ready) }),
         el("td", { class: "oldest", text: seconds(q.oldest_ready_age) }), el("td", { class: "running", text: String(q.running) }),
         el("td", { class: "paused" + (q.paused ? " ts-warn" : ""), text: q.paused ? "paused by " + q.paused_by : "no" }),
-        el("td", { class: q.unserved ? "ts-bad" : "", text: q.unserved ? "UNSERVED" : q.pools.join(", ") }), actions]);
+        el("td", { class: "pools" + (q.unserved ? " ts-bad" : ""), text: q.unserved ? "UNSERVED" : q.pools.join(", ") }), actions]);
     });
     replace("ts-queues", table(["Queue", "Ready", "Oldest ready", "Running", "Paused", "Served by", ""], rows, "No queue has tasks."));
   }
