@@ -63,6 +63,7 @@ class Runner:
         node: str,
         on_outcome: Callable[[Outcome, dt.datetime], None] = lambda outcome, now: None,
         clock: Callable[[], dt.datetime] = utcnow,
+        on_overrides: Callable[[], None] = lambda: None,
     ) -> None:
         self.all_schedules = schedules
         self.schedules = [s for s in schedules if s.enabled]  # those that fire: settings, then overrides
@@ -71,6 +72,7 @@ class Runner:
         self.started = False
         self.node = node
         self.on_outcome = on_outcome
+        self.on_overrides = on_overrides  # called after a change of the overrides read
         self.clock = clock
         self.cursors: dict[str, dt.datetime] = {}  # per schedule: every slot up to here is handled
         self.retry_at: dict[str, dt.datetime] = {}
@@ -102,7 +104,7 @@ class Runner:
         for alias in sorted(aliases):
             rows = ScheduleOverride.objects.using(alias).filter(schedule__in=names)
             overrides.update(rows.values_list("schedule", "enabled"))
-        self.overrides = overrides
+        changed, self.overrides = overrides != self.overrides, overrides
         enabled = [s for s in self.all_schedules if overrides.get(s.name, s.enabled)]
         for schedule in enabled:
             if schedule.name not in self.cursors and self.started:
@@ -112,6 +114,8 @@ class Runner:
                 self.cursors.pop(schedule.name, None)
                 self.retry_at.pop(schedule.name, None)
         self.schedules = enabled
+        if changed and self.started:
+            self.on_overrides()
 
     def tick(self) -> list[Outcome]:
         """Fire every slot due now; a database error leaves the slot for the next tick."""
@@ -301,6 +305,21 @@ def report(runner: Runner, reporter: protocol.Reporter, outcome: Outcome, now: d
     )
 
 
+def listing(runner: Runner) -> list[dict[str, Any]]:
+    """The schedules as status shows them: those enabled in settings or switched at run time."""
+    return [
+        {
+            "name": s.name,
+            "when": s.when,
+            "next": (n.isoformat() if s in runner.schedules and (n := runner.next_slot(s)) else None),
+            "enabled": s in runner.schedules,
+            "override": runner.overrides.get(s.name),  # None: as settings say
+        }
+        for s in runner.all_schedules
+        if s.enabled or s.name in runner.overrides
+    ]
+
+
 def serve(node: str, reporter: protocol.Reporter) -> int:
     """Entry point inside the scheduler child, Django set up; returns the exit code."""
     from django.conf import settings
@@ -320,20 +339,18 @@ def serve(node: str, reporter: protocol.Reporter) -> int:
         reporter.send(protocol.BOOT_FAILED, reason="; ".join(str(p) for p in problems)[:500])
         return CHILD_EXIT_BOOT_FAILED
 
-    runner = Runner(schedules, node, lambda outcome, now: report(runner, reporter, outcome, now))
+    runner = Runner(
+        schedules,
+        node,
+        lambda outcome, now: report(runner, reporter, outcome, now),
+        on_overrides=lambda: reporter.send(protocol.SCHEDULES, schedules=listing(runner)),
+    )
     try:
         runner.start()
     except Exception as exc:
         reporter.send(protocol.BOOT_FAILED, reason=f"reading the run log failed: {type(exc).__name__}: {exc}"[:500])
         return CHILD_EXIT_BOOT_FAILED
-    enabled = [s for s in schedules if s.enabled]
-    proctitle.set_title(f"task-supervisor: scheduler ({len(enabled)} schedules)")
-    reporter.send(
-        protocol.READY,
-        schedules=[
-            {"name": s.name, "when": s.when, "next": (n.isoformat() if (n := runner.next_slot(s)) else None)}
-            for s in enabled
-        ],
-    )
+    proctitle.set_title(f"task-supervisor: scheduler ({len(runner.schedules)} schedules)")
+    reporter.send(protocol.READY, schedules=listing(runner))
     runner.serve(lambda: stop["requested"])
     return CHILD_EXIT_OK

@@ -32,9 +32,14 @@ class SchedulerUnit:
 
     def on_message(self, message: dict[str, Any]) -> None:
         event = message.get("event")
-        if event == protocol.READY:
+        if event in (protocol.READY, protocol.SCHEDULES):
             for entry in message.get("schedules", []):
-                self.info.setdefault(str(entry.get("name")), {}).update(when=entry.get("when"), next=entry.get("next"))
+                self.info.setdefault(str(entry.get("name")), {}).update(
+                    when=entry.get("when"),
+                    next=entry.get("next"),
+                    enabled=entry.get("enabled", True),
+                    override=entry.get("override"),
+                )
         elif event == protocol.SLOT_FIRED:
             name, outcome = str(message.get("schedule")), str(message.get("outcome"))
             self.stats.slots[(name, outcome)] += 1

@@ -77,7 +77,10 @@ def _scheduler_lines(scheduler: dict[str, Any] | None) -> list[str]:
         last = entry.get("last_slot")
         lag = f" (lag {entry['last_lag'] * 1000:.0f}ms)" if entry.get("last_lag") is not None else ""
         when = entry.get("when") or ""
-        lines.append(f"  {entry['name']:<24} {when:<18} last {last or '-'}{lag}  next {entry.get('next') or '-'}")
+        switched = {True: "  (enabled at run time)", False: "  (disabled at run time)"}.get(entry.get("override"), "")
+        lines.append(
+            f"  {entry['name']:<24} {when:<18} last {last or '-'}{lag}  next {entry.get('next') or '-'}{switched}"
+        )
     return lines
 
 

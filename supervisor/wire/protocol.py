@@ -25,6 +25,9 @@ TASK_FENCED = "task_fenced"  # "task_id", "owner", "status": a finish not writte
 HELD = "held"
 # From the scheduler child:
 SLOT_FIRED = "slot_fired"  # "schedule", "slot", "outcome", "lag", "task_id", "next"
+# "schedules": as in ready ("name", "when", "next", "enabled", "override"), after the run-time
+# overrides (schedules disable/enable) changed
+SCHEDULES = "schedules"
 
 
 class Reporter:

@@ -145,11 +145,13 @@ def test_the_cli_acts_and_refuses_bad_input_and_a_disabled_schedule_stops(superv
     assert ScheduleRun.objects.filter(manual=False).count() == fired
     listing = cli(sup, "schedules", "--json")
     assert '"enabled": false' in listing.stdout and '"by": ' in listing.stdout
+    wait_until(lambda: "(disabled at run time)" in cli(sup, "status").stdout, 10, message="the override in status")
     now = cli(sup, "schedules", "run", "often")
     assert now.returncode == 0, now.stderr
     assert ScheduleRun.objects.filter(manual=True).count() == 1
     assert cli(sup, "schedules", "enable", "often").returncode == 0
     wait_until(lambda: ScheduleRun.objects.filter(manual=False).count() > fired, 10, message="slots again")
+    assert "at run time)" not in cli(sup, "status").stdout  # enabling as settings say clears the override
 
     failed = tasks.fail.enqueue()
     wait_finished(failed, "FAILED")
