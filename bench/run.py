@@ -26,8 +26,9 @@ from benchkit.database import BenchError, Database
 from benchkit.report import Results, latency_key, throughput_key
 from benchkit.signals import interrupt_on_term
 
-FIGURES = ("latency", "throughput", "restart", "memory", "cpu", "limits")
+FIGURES = ("latency", "throughput", "restart", "memory", "cpu", "limits", "dashboard")
 LIMITS_TASKS = 2000  # backlog per run of the [limits] figure (bench/flow.py); --quick: 500
+DASHBOARD_ROWS = 1_000_000  # finished rows under the admin dashboard (bench/dashboard.py); --quick: 100000
 KINDS = ("bare", "supervisor")
 SUPERVISOR_GAP = (0.05, 0.30)  # seconds between one task's start and the next enqueue
 # A bare worker's latency depends on where in its 1 s polling cycle a task lands: gaps spanning a
@@ -246,13 +247,18 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, figures=tuple(args.only))
     interrupt_on_term()
     try:
-        code = run(plan, args) if set(plan.figures) - {"limits"} else 0
+        code = run(plan, args) if set(plan.figures) - {"limits", "dashboard"} else 0
         if "limits" in plan.figures:
             # Its own process: it runs the tests' project, with settings of its own.
             tasks = str(500 if args.quick else LIMITS_TASKS)
             print()
             flow = [sys.executable, str(Path(__file__).with_name("flow.py")), "--tasks", tasks]
             code = subprocess.run(flow, check=False).returncode or code
+        if "dashboard" in plan.figures:
+            rows = str(100_000 if args.quick else DASHBOARD_ROWS)
+            print()
+            page = [sys.executable, str(Path(__file__).with_name("dashboard.py")), "--rows", rows]
+            code = subprocess.run(page, check=False).returncode or code
         return code
     except KeyboardInterrupt:
         print("Interrupted: every process stopped, database and files removed.", file=sys.stderr)

@@ -77,13 +77,12 @@ def measure(backend: TaskBackend, start: datetime, rows: dict[str, dict[str, int
 
 def current_counts(backend: TaskBackend, rows: dict[str, dict[str, int]]) -> None:
     """READY (that may run now) and RUNNING tasks per queue, added to ``rows``."""
-    from django.db.models import Count
-
     for queue, count, _ in recovery.ready_by_queue(backend):
         _add(rows, queue, ready=count)
-    running = backend.model.objects.using(backend.db_alias).filter(status="RUNNING").order_by()
-    for r in running.values("queue_name").annotate(n=Count("id")):
-        _add(rows, r["queue_name"], running=r["n"])
+    from task_supervisor.dashboard import running_by_queue
+
+    for queue, count in running_by_queue(backend.model.objects.using(backend.db_alias).order_by()).items():
+        _add(rows, queue, running=count)
 
 
 class Figures:
