@@ -11,6 +11,7 @@ OperationError with one sentence, and nothing is changed.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import getpass
 import logging
@@ -64,6 +65,15 @@ def _backend(alias: str) -> Any:
         return compat.resolve(alias)
     except compat.BackendError as exc:
         raise OperationError(str(exc)) from None
+
+
+def _writing(alias: str) -> contextlib.AbstractContextManager[None]:
+    """One write transaction. On SQLite it takes the write lock up front (BEGIN IMMEDIATE): a read
+    that turns into a write (get_or_create, update_or_create) would otherwise fail at once with
+    "database is locked" while a worker writes, instead of waiting out the busy timeout."""
+    from task_supervisor.scheduler import runner
+
+    return runner.write_transaction(alias)
 
 
 def _closest(name: str, known: Iterable[str]) -> str:
@@ -193,9 +203,10 @@ def _request_stop(be: Any, row: dict[str, Any], actor: str) -> None:
     from task_supervisor.models import CancelRequest
 
     worker = row["worker_ids"][-1] if isinstance(row["worker_ids"], list) and row["worker_ids"] else ""
-    CancelRequest.objects.using(be.db_alias).update_or_create(
-        task_id=str(row["id"]), defaults={"worker_id": worker, "requested_by": actor[:200], "handled_at": None}
-    )
+    with _writing(be.db_alias):
+        CancelRequest.objects.using(be.db_alias).update_or_create(
+            task_id=str(row["id"]), defaults={"worker_id": worker, "requested_by": actor[:200], "handled_at": None}
+        )
 
 
 def cancel(
@@ -269,13 +280,14 @@ def pause(
     for queue in queues:
         check_queue(queue, known_queues)
     rows = []
-    for queue in queues:
-        pause_row, created = QueuePause.objects.using(be.db_alias).get_or_create(
-            queue=queue, defaults={"paused_by": actor[:200]}
-        )
-        rows.append(
-            {"queue": queue, "paused_by": pause_row.paused_by, "since": pause_row.since.isoformat(), "new": created}
-        )
+    with _writing(be.db_alias):
+        for queue in queues:
+            pause_row, created = QueuePause.objects.using(be.db_alias).get_or_create(
+                queue=queue, defaults={"paused_by": actor[:200]}
+            )
+            rows.append(
+                {"queue": queue, "paused_by": pause_row.paused_by, "since": pause_row.since.isoformat(), "new": created}
+            )
     fresh = [r["queue"] for r in rows if r["new"]]
     _record("pause", actor, {"queues": list(queues)}, len(fresh), be.db_alias)
     already = [r["queue"] for r in rows if not r["new"]]
@@ -478,10 +490,11 @@ def set_schedule_enabled(name: str, enabled: bool, *, actor: str | None = None) 
     schedule = _schedule(name)
     alias = runner.database_of(schedule)
     rows = ScheduleOverride.objects.using(alias)
-    if enabled == schedule.enabled:
-        rows.filter(schedule=name).delete()
-    else:
-        rows.update_or_create(schedule=name, defaults={"enabled": enabled, "changed_by": actor[:200]})
+    with _writing(alias):
+        if enabled == schedule.enabled:
+            rows.filter(schedule=name).delete()
+        else:
+            rows.update_or_create(schedule=name, defaults={"enabled": enabled, "changed_by": actor[:200]})
     verb = "schedule_enable" if enabled else "schedule_disable"
     _record(verb, actor, {"schedule": name}, 1, alias)
     state = "enabled" if enabled else "disabled"

@@ -76,7 +76,10 @@ def backend_for(config: Config, queue: str | None = None) -> str:
 
 
 def _run(args: argparse.Namespace, action: Callable[[Config], Any]) -> int:
+    from django.db import DatabaseError
+
     from task_supervisor import ops
+    from task_supervisor.exceptions import one_line
 
     try:
         config = _setup(args)
@@ -87,6 +90,12 @@ def _run(args: argparse.Namespace, action: Callable[[Config], Any]) -> int:
         return _fail(exc.code, str(exc))
     except ops.OperationError as exc:
         return _fail(exitcodes.EX_REFUSED, str(exc))
+    except DatabaseError as exc:
+        return _fail(
+            exitcodes.EX_DATABASE,
+            f"The database failed the command: {one_line(exc)}. Each command is safe to run again; "
+            "`task-supervisor actions` lists what was recorded.",
+        )
     _print(args, outcome)
     return exitcodes.EX_OK
 

@@ -253,3 +253,52 @@ def test_a_cancelled_task_whose_worker_is_lost_is_recorded_cancelled_not_requeue
     assert row.status == "FAILED" and row.exception_class_path == "task_supervisor.TaskCancelled"
     assert "It had been cancelled." in row.traceback
     assert rows(id=other.id).get().status == "READY"  # not cancelled: requeued as the pool says
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_on_sqlite_an_action_waits_for_a_busy_writer_instead_of_failing(db):
+    """A worker holding SQLite's write lock: pause, cancel and a schedule switch wait for it
+    (BEGIN IMMEDIATE within the busy timeout); a read turned into a write would fail at once."""
+    import sqlite3
+    import threading
+    import time
+
+    from tsapp import tasks
+
+    running(task := tasks.noop.enqueue())
+    writer = sqlite3.connect(db.name, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")  # what a claiming or finishing worker holds for a moment
+    writer.execute("UPDATE task_supervisor_queuepause SET paused_by = paused_by")
+    released = threading.Event()
+
+    def release() -> None:
+        time.sleep(0.5)
+        writer.execute("COMMIT")
+        released.set()
+
+    threading.Thread(target=release, daemon=True).start()
+    began = time.monotonic()
+    outcome = ops.pause(["reports"], actor="tester", known_queues=KNOWN)
+    assert outcome.count == 1 and released.is_set() and time.monotonic() - began >= 0.4
+    writer.execute("BEGIN IMMEDIATE")
+    threading.Thread(target=release, daemon=True).start()
+    assert ops.cancel([str(task.id)], actor="tester").count == 1
+    writer.close()
+
+
+def test_a_database_error_in_a_command_is_one_line_and_exit_5(monkeypatch, capsys, django_ready):
+    import argparse
+
+    from django.db import OperationalError
+
+    from task_supervisor import exitcodes, opscli
+
+    def action(config):
+        raise OperationalError("database is locked\n  (while pausing)")
+
+    monkeypatch.setattr(opscli, "_setup", lambda args: None)
+    code = opscli._run(argparse.Namespace(json=False), action)
+    assert code == exitcodes.EX_DATABASE
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("task-supervisor: The database failed the command: database is locked (while pausing).")
+    assert "safe to run again" in line
