@@ -46,13 +46,15 @@ demo: $(VENV)/.stamp
 	$(VENV)/bin/python example/manage.py seed_demo
 	exec $(VENV)/bin/task-supervisor run -c config.toml
 
+# Two pytest-xdist workers; the CPU-heavy chaos runs (xdist_group "cpu") share one worker, so two
+# of them never load the two cores at once. The chaos figures are gathered at the end.
 test: venvs
 	@$(VENV)/bin/python -c "import psycopg; psycopg.connect(host='127.0.0.1', port=5432, user='postgres', dbname='postgres', connect_timeout=5).close()" \
 	  || { echo "PostgreSQL must answer on 127.0.0.1:5432 (user postgres, trust auth): the suite runs on SQLite AND PostgreSQL." >&2; exit 1; }
 	@$(VENV)/bin/python -c "from tests.support import ensure_mariadb_user; ensure_mariadb_user()" \
 	  || { echo "MariaDB must answer on 127.0.0.1:3306 (root through its unix socket or on 127.0.0.1): the suite has a MariaDB leg." >&2; exit 1; }
 	$(VENV)/bin/ruff check supervisor scheduler tests example
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup
 
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check supervisor scheduler tests

@@ -8,8 +8,10 @@ server's). When a database does not answer, its tests fail: a skipped database i
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -63,3 +65,48 @@ def supervisor(tmp_path: Path, db: Database) -> Iterator[Callable[..., Superviso
     yield start
     for proc in started:
         proc.stop()
+
+
+# -- chaos figures, also under pytest-xdist (``make test`` runs two workers) -----------------------
+# Each chaos run appends its figures to the file named by TS_CHAOS_FIGURES (tests/chaos/harness.py).
+# The controlling process names one before its workers start (they inherit the environment), and
+# prints what this session appended at the end.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller set everything up
+    from tests.chaos.harness import FIGURES_ENV
+
+    path = os.environ.get(FIGURES_ENV)
+    if not path:
+        fd, path = tempfile.mkstemp(prefix="chaos-figures-", suffix=".jsonl")
+        os.close(fd)
+        os.environ[FIGURES_ENV] = path
+        config.stash[_OWN_FILE] = path
+    config.stash[_FIGURES_FROM] = (path, os.path.getsize(path) if os.path.exists(path) else 0)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if hasattr(config, "workerinput") or _FIGURES_FROM not in config.stash:
+        return
+    path, offset = config.stash[_FIGURES_FROM]
+    try:
+        with open(path, encoding="utf-8") as figures:
+            figures.seek(offset)
+            lines = [line for line in figures.read().splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    if lines:
+        terminalreporter.section("chaos figures")
+        for line in lines:
+            terminalreporter.write_line(json.dumps(json.loads(line)))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if (own := config.stash.get(_OWN_FILE, None)) is not None:
+        os.unlink(own)
+
+
+_FIGURES_FROM = pytest.StashKey[tuple[str, int]]()
+_OWN_FILE = pytest.StashKey[str]()

@@ -1,8 +1,8 @@
 """What the chaos tests share: configs with endpoints, task rows, killing children, figures.
 
 Figures: each test ends with ``Figures(...).report()``; the line is printed (``pytest tests/chaos
--s``), shown in the terminal summary, and appended as one JSON object per line to the file named
-by ``TS_CHAOS_FIGURES`` when that is set.
+-s``) and appended as one JSON object per line to the file named by ``TS_CHAOS_FIGURES`` (a
+temporary file unless set), from which the terminal summary shows this session's.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ PROBE_TIMEOUT = 5.0  # seconds a probe waits for an answer
 LIVEZ_WITHIN = CHORES_DEADLINE + 1.5
 ENQUEUE_BATCH = 25  # tasks per enqueue transaction (SQLite takes one lock per transaction)
 FIGURES_ENV = "TS_CHAOS_FIGURES"
-FIGURES: list[dict[str, Any]] = []  # this session's, for the terminal summary
 
 _STARTED = re.compile(r"Started child (\S+) pid=(\d+)")
 _REQUEUED = re.compile(r"Task (\S+) requeued \(attempt \d+, \w+\): (.*)")
@@ -293,7 +292,6 @@ class Figures:
         if self.recovery_seconds:
             data["recovery_seconds"] = {k: round(v, 2) for k, v in self.recovery_seconds.items()}
         data["seconds"] = round(self.seconds, 1)
-        FIGURES.append(data)
         line = json.dumps(data, sort_keys=False)
         print(f"\nCHAOS {line}")
         path = os.environ.get(FIGURES_ENV)

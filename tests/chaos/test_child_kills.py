@@ -38,6 +38,8 @@ from tests.chaos.harness import (
 )
 from tests.support import Database, SupervisorProcess, wait_until
 
+pytestmark = pytest.mark.xdist_group("cpu")  # CPU-heavy: one at a time under xdist (see Makefile)
+
 TASKS = 600
 CHILDREN = 4
 CHAOS_SECONDS = 9.0

@@ -44,6 +44,8 @@ from tests.chaos.harness import (
 )
 from tests.support import PROJECT, Database, SupervisorProcess, config_toml, wait_until
 
+pytestmark = pytest.mark.xdist_group("cpu")  # CPU-heavy: one at a time under xdist (see Makefile)
+
 ROUNDS = 2
 TASKS_PER_ROUND = 250
 CHILDREN = 4

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.chaos.harness import kill, live_children
 from tests.realproc.test_flow import (
     CHILDREN,
@@ -27,6 +29,8 @@ from tests.realproc.test_flow import (
     start_two,
 )
 from tests.support import Database, SupervisorProcess, wait_until
+
+pytestmark = pytest.mark.xdist_group("cpu")  # CPU-heavy: one at a time under xdist (see Makefile)
 
 KILL_EVERY = (0.1, 0.5)  # seconds between kills
 REQUEUE = 'on_worker_lost = "requeue"\nmax_attempts = 50'

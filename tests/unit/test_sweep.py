@@ -6,6 +6,7 @@ their last worker id runs on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +177,7 @@ def test_exits_remembered_are_bounded(monkeypatch):
 
 def beating_janitor(monkeypatch: pytest.MonkeyPatch, beat_fails: bool) -> tuple[Janitor, list[float], Clock]:
     """A janitor with heartbeats on, whose every lost row the database refuses to finish."""
-    janitor, database, clock = make_janitor(monkeypatch)
+    janitor, _, clock = make_janitor(monkeypatch)
     janitor.heartbeats = True
     beats: list[float] = []
 
@@ -204,7 +205,7 @@ def test_a_lost_row_that_keeps_failing_never_holds_back_the_heartbeat(monkeypatc
         clock.now = max(janitor.next_due(), clock.now + 0.1)
     # The chores back off to RETRY_MAX and the row stays pending, yet the lease is renewed on time.
     assert janitor.pending and not janitor.db_ok and janitor.retry_delay == janitor_module.RETRY_MAX
-    gaps = [later - earlier for earlier, later in zip(beats, beats[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(beats)]
     assert beats[0] == start and max(gaps) <= interval + 0.1, gaps
     assert janitor.lease_sent_at == beats[-1]
 
