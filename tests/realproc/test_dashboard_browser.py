@@ -2,9 +2,9 @@
 chromedriver (nothing downloads a browser), opens the page served by ``runserver`` on 127.0.0.1
 against a running supervisor with tasks flowing on PostgreSQL. It sees the numbers change without
 a reload, pauses a queue with a click (and a confirmation), sees no task of that queue start while
-paused and all of them run once resumed, and saves a screenshot (to docs/dashboard.png too when
-TS_DASHBOARD_SCREENSHOT=1). It fails on any error the browser logs and when the page's script does
-not refresh the page.
+paused and all of them run once resumed, saves a screenshot (to docs/dashboard.png too when
+TS_DASHBOARD_SCREENSHOT=1), and sees the node listed as stopped after its clean exit. It fails
+on any error the browser logs and when the page's script does not refresh the page.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -240,6 +241,12 @@ def test_the_dashboard_lives_in_a_browser_and_pauses_a_queue(supervisor, db, sit
         message=lambda: f"resumed tasks did not run; log:\n{sup.tail()}",
     )
     assert Path(tmp_path / "dashboard.png").stat().st_size > 10_000
+
+    # A clean exit: the node moves to the stopped ones, with when it was last seen.
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == 0
+    wait_until(lambda: "clean exit" in text(browser, '#ts-stopped tr[data-node="browser-node"]'), timeout=20)
+    assert not text(browser, '#ts-nodes tr[data-node="browser-node"]')
     assert severe(browser) == []
 
 
