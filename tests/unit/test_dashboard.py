@@ -354,3 +354,17 @@ def test_due_minutes_catch_up_a_few_after_a_gap():
     assert due_minutes(at, dt.datetime(2026, 1, 1, 11, 59, tzinfo=dt.UTC)) == []
     early = dt.datetime(2026, 1, 1, 12, 0, 3, tzinfo=dt.UTC)
     assert due_minutes(early, None)[-1] == dt.datetime(2026, 1, 1, 11, 58, tzinfo=dt.UTC)
+
+
+def test_retention_figures_is_a_duration_of_7_days_by_default(tmp_path):
+    from task_supervisor.config import ConfigError, load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text('[django]\nsettings = "s"\n')
+    assert load_config(path).retention.figures == 7 * 86400
+    assert not load_config(path).retention.enabled  # the other kinds stay kept for ever
+    path.write_text('[django]\nsettings = "s"\n[retention]\nfigures = "2d"\n')
+    assert load_config(path).retention.figures == 2 * 86400
+    path.write_text('[django]\nsettings = "s"\n[retention]\nfigures = "soon"\n')
+    with pytest.raises(ConfigError, match=re.escape('retention.figures must be a duration such as "7d"')):
+        load_config(path)
