@@ -19,7 +19,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.views.decorators.http import require_POST
 
-from task_supervisor import dashboard, models, ops
+from task_supervisor import compat, dashboard, models, ops
 
 REFRESH_MS = 3000  # the page's refresh period
 SCRIPT = Path(__file__).resolve().parent / "static" / "task_supervisor" / "dashboard.js"
@@ -84,7 +84,11 @@ class DashboardAdmin(admin.ModelAdmin):
             filters = dashboard.Filters.from_query(request.GET)
         except ValueError as exc:
             return JsonResponse({"error": str(exc)}, status=400)
-        return JsonResponse(dashboard.collect(filters, permitted(request)))
+        try:
+            data = dashboard.collect(filters, permitted(request))
+        except compat.BackendError as exc:  # TASKS has no database backend to show
+            return JsonResponse({"error": str(exc)}, status=503)
+        return JsonResponse(data)
 
     def script(self, request: Any) -> Any:
         self._check(request)

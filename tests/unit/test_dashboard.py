@@ -368,3 +368,10 @@ def test_retention_figures_is_a_duration_of_7_days_by_default(tmp_path):
     path.write_text('[django]\nsettings = "s"\n[retention]\nfigures = "soon"\n')
     with pytest.raises(ConfigError, match=re.escape('retention.figures must be a duration such as "7d"')):
         load_config(path)
+
+
+def test_without_a_database_task_backend_the_data_says_why(login):
+    viewer = login("viewer", "view_dashboard")
+    with override_settings(TASKS={"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}):
+        answer = viewer.get(DATA)
+    assert answer.status_code == 503 and "django-tasks-db" in answer.json()["error"]
