@@ -250,9 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         code = run(plan, args) if set(plan.figures) - {"limits", "dashboard"} else 0
         if "limits" in plan.figures:
             # Its own process: it runs the tests' project, with settings of its own.
-            tasks = str(500 if args.quick else LIMITS_TASKS)
+            tasks, rounds = ("500", "1") if args.quick else (str(LIMITS_TASKS), "3")
             print()
-            flow = [sys.executable, str(Path(__file__).with_name("flow.py")), "--tasks", tasks]
+            flow = [sys.executable, str(Path(__file__).with_name("flow.py")), "--tasks", tasks, "--rounds", rounds]
             code = subprocess.run(flow, check=False).returncode or code
         if "dashboard" in plan.figures:
             rows = str(100_000 if args.quick else DASHBOARD_ROWS)
