@@ -130,7 +130,7 @@ if hasattr(models, "TaskAttempts"):
         list_display = ("id", "task_path", "status", "attempts", "next_attempt", "last_error", "last_worker")
         list_filter = ("status", "queue_name")
         search_fields = ("id", "task_path")
-        actions = ("cancel_tasks", "retry_tasks", "retry_tasks_as_new")
+        actions = ("cancel_tasks", "retry_tasks", "retry_tasks_as_new", "why_not_taken")
 
         def has_cancel_permission(self, request: Any) -> bool:
             return bool(request.user.has_perm(PERM["cancel"]))
@@ -153,6 +153,15 @@ if hasattr(models, "TaskAttempts"):
                 request,
                 lambda: ops.retry(_ids(queryset), as_new=True, actor=actor(request), backend=_backend(queryset)),
             )
+
+        @admin.action(description="Say why the selected READY tasks are not being taken")
+        def why_not_taken(self, request: Any, queryset: Any) -> None:
+            from task_supervisor import compat, flowinfo
+
+            backend = compat.resolve(_backend(queryset))
+            limits = flowinfo.declared_limits(backend)
+            for task_id in _ids(queryset)[:50]:
+                self.message_user(request, flowinfo.explain(backend, limits, task_id), messages.INFO)
 
         @admin.display(description="attempts")
         def attempts(self, obj: Any) -> int:
@@ -245,35 +254,61 @@ class ActionAdmin(ReadOnly):
 
 @admin.register(models.FlowKey)
 class FlowKeyAdmin(ReadOnly):
-    """[limits]: each key seen, its slots taken now, and why its READY tasks are held back."""
+    """[limits]: each key seen, its slots taken now, and how many READY tasks it holds back and why."""
 
-    list_display = ("limit", "key", "declared", "running_now", "starts_kept", "held_because", "updated_at")
+    list_display = ("limit", "key", "declared_as", "running_now", "held_back", "held_because", "updated_at")
     list_filter = ("limit",)
     search_fields = ("limit", "key")
 
+    def _entry(self, obj: Any) -> Any:
+        return _flow_census(obj.limit, obj.declared).get(obj.key)
+
+    @admin.display(description="limit as declared")
+    def declared_as(self, obj: Any) -> str:
+        from task_supervisor.wire.limits import from_declaration
+
+        limit = from_declaration(obj.limit, obj.declared or "")
+        return limit.describe() if limit else "-"
+
     @admin.display(description="running")
     def running_now(self, obj: Any) -> int:
-        from task_supervisor.models import _task_result_model
+        entry = self._entry(obj)
+        return entry.running if entry else 0
 
-        model = _task_result_model()
-        holders = obj.holders if isinstance(obj.holders, list) else []
-        if model is None or not holders:
-            return 0
-        return model._base_manager.filter(pk__in=holders, status="RUNNING").count()
+    @admin.display(description="held back")
+    def held_back(self, obj: Any) -> int:
+        entry = self._entry(obj)
+        return entry.held_back if entry else 0
 
-    @admin.display(description="starts in window")
-    def starts_kept(self, obj: Any) -> int:
-        return len(obj.starts) if isinstance(obj.starts, list) else 0
-
-    @admin.display(description="held back because")
+    @admin.display(description="why")
     def held_because(self, obj: Any) -> str:
-        """The concurrency reading only: a rate's window needs the declaration (see `task-supervisor why`)."""
-        import re
+        entry = self._entry(obj)
+        return entry.reason if entry and entry.reason else "-"
 
-        found = re.search(r"concurrency (\d+)", obj.declared or "")
-        if found and self.running_now(obj) >= int(found.group(1)):
-            return f"all {found.group(1)} slots taken"
-        return "-"
+
+_CENSUS_TTL = 2.0  # seconds a census of one limit serves the rows of a changelist
+_censuses: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+
+
+def _flow_census(path: str, declared: str) -> dict[str, Any]:
+    """Key -> KeyCensus of one limit, read once per page (not once per row)."""
+    import time
+
+    from task_supervisor import compat, flowinfo
+    from task_supervisor.wire.limits import from_declaration
+
+    cached = _censuses.get((path, declared))
+    if cached is not None and time.monotonic() - cached[0] < _CENSUS_TTL:
+        return cached[1]
+    limit = from_declaration(path, declared or "")
+    keys: dict[str, Any] = {}
+    if limit is not None:
+        try:
+            keys = flowinfo.census(compat.resolve("default"), [limit])[0].keys
+        except Exception:  # a task path that no longer imports here: nothing to count
+            keys = {}
+    _censuses[(path, declared)] = (time.monotonic(), keys)
+    return keys
 
 
 @admin.register(models.UniqueTask)

@@ -12,7 +12,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from task_supervisor.wire.limits import MAX_RATE_WINDOW, FlowLimit, KeyArgument, key_text, rate_verdict
+from task_supervisor.wire.limits import (
+    MAX_RATE_WINDOW,
+    FlowLimit,
+    KeyArgument,
+    from_declaration,
+    key_text,
+    rate_verdict,
+)
 
 CENSUS_ROWS = 10_000  # READY rows read per limited path
 TIDY_ROWS = 500  # rows deleted per table and tidy
@@ -145,6 +152,19 @@ def explain(backend: Any, limits: dict[str, FlowLimit], task_id: str, now: float
     return (
         f"Task {task_id} is eligible under the limit of {which}; it waits for a free child serving {row.queue_name!r}."
     )
+
+
+def declared_limits(backend: Any) -> dict[str, FlowLimit]:
+    """The limits as the children last applied them, read from their key rows (for the admin, which
+    has no config.toml): a limit no claim met yet holds nothing back."""
+    from task_supervisor.models import FlowKey
+
+    rows = FlowKey.objects.using(backend.db_alias).order_by("limit").values_list("limit", "declared").distinct()
+    found: dict[str, FlowLimit] = {}
+    for path, text in rows:
+        if path not in found and (limit := from_declaration(path, text)) is not None:
+            found[path] = limit
+    return found
 
 
 def _paused(backend: Any, queue: str) -> bool:

@@ -233,7 +233,7 @@ class FlowKey(models.Model):
 
     limit = models.CharField(max_length=200, help_text="The limited task path.")
     key = models.CharField(max_length=250, blank=True, help_text="The key argument's value, as JSON.")
-    declared = models.CharField(max_length=200, blank=True, help_text="The limit as last declared.")
+    declared = models.CharField(max_length=200, blank=True, help_text="The limit as last declared, as JSON.")
     holders = models.JSONField(default=list, help_text="Task ids claimed under this key.")
     starts = models.JSONField(default=list, help_text="Claims inside the rate window, in epoch seconds.")
     updated_at = models.DateTimeField(auto_now=True)

@@ -18,7 +18,7 @@ class Migration(migrations.Migration):
                 ),
                 (
                     "declared",
-                    models.CharField(blank=True, help_text="The limit as last declared.", max_length=200),
+                    models.CharField(blank=True, help_text="The limit as last declared, as JSON.", max_length=200),
                 ),
                 ("holders", models.JSONField(default=list, help_text="Task ids claimed under this key.")),
                 (

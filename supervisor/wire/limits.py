@@ -75,6 +75,24 @@ class FlowLimit:
         return f"{' and '.join(parts)}{per}"
 
 
+def declaration(limit: FlowLimit) -> str:
+    """The limit as JSON, kept on its key rows so that the admin (which reads no config.toml) knows it."""
+    rate = None if limit.rate is None else [limit.rate.count, limit.rate.per]
+    return json.dumps({"concurrency": limit.concurrency, "rate": rate, "key": limit.key}, separators=(",", ":"))
+
+
+def from_declaration(path: str, text: str) -> FlowLimit | None:
+    """The limit ``declaration`` wrote, or None for text it did not write."""
+    try:
+        data = json.loads(text)
+        rate = data.get("rate")
+        return FlowLimit(
+            path, data.get("concurrency"), Rate(int(rate[0]), float(rate[1])) if rate else None, data.get("key")
+        )
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+        return None
+
+
 def key_text(value: Any) -> str:
     """The stored form of a key value: its JSON, hashed past KEY_MAX_LENGTH."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from task_supervisor.wire import protocol
-from task_supervisor.wire.limits import FlowLimit, KeyArgument, key_text, rate_verdict
+from task_supervisor.wire.limits import FlowLimit, KeyArgument, declaration, key_text, rate_verdict
 
 log = logging.getLogger("task_supervisor.worker")
 
@@ -181,7 +181,7 @@ class Flow:
         keys = FlowKey.objects.using(alias)
         locked = keys.select_for_update(skip_locked=skip_locked).filter(limit=limit.path, key=key)
         flow_key = locked.first()
-        declared = limit.describe()
+        declared = declaration(limit)
         if flow_key is None:
             keys.bulk_create([FlowKey(limit=limit.path, key=key, declared=declared)], ignore_conflicts=True)
             flow_key = locked.first()

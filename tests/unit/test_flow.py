@@ -481,3 +481,27 @@ def test_children_waiting_on_limits_are_woken_by_a_finish_or_a_due_start() -> No
 
 
 KEYED_PATH = "tsapp.tasks.keyed"
+
+
+def test_the_admin_shows_what_each_key_holds_back_and_why_a_task_waits(db: Database, limited: Any) -> None:
+    from django.contrib.auth.models import User
+    from django.test import Client, override_settings
+    from tsapp import tasks
+
+    limited(FlowLimit("tsapp.tasks.keyed", 1, None, "account_id"))
+    tasks.keyed.enqueue("A")
+    held = [tasks.keyed.enqueue("A"), tasks.keyed.enqueue(account_id="A")]
+    claim()
+    client = Client()
+    client.force_login(User.objects.create_superuser("root", password="pw"))
+    with override_settings(ALLOWED_HOSTS=["testserver"]):
+        page = client.get("/admin/task_supervisor/flowkey/").content.decode()
+        answer = client.post(
+            "/admin/task_supervisor/taskattempts/",
+            {"action": "why_not_taken", "_selected_action": [held[0].id]},
+            follow=True,
+        ).content.decode()
+    assert "concurrency 1 per account_id" in page
+    assert '<td class="field-held_back">2</td>' in page
+    assert "concurrency: 1 of 1 running" in page
+    assert f"Task {held[0].id} is held back by the limit of tsapp.tasks.keyed" in answer
