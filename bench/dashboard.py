@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", nargs="+", default=["postgres", "sqlite"], choices=["postgres", "sqlite"])
     args = parser.parse_args(argv)
     sys.path.insert(0, str(PROJECT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tsproject.settings")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "tsproject.settings"  # not the driver's, which bench/run.py set
     with tempfile.TemporaryDirectory(prefix="ts-bench-dashboard-") as tmp:
         os.environ.setdefault("TS_DB_NAME", str(Path(tmp) / "unused.sqlite3"))
         import django
