@@ -21,6 +21,7 @@ import argparse
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def run_case(factory: DatabaseFactory, engine: str, case: str, tasks: int, workd
         limits = CASES[case]
         folder = workdir / f"{engine}-{case}"
         folder.mkdir()
-        sup = SupervisorProcess(folder, db, config_toml(POOL + limits, node=f"bench-{case}"))
+        sup = SupervisorProcess(folder, db, config_toml(POOL + limits, node=f"bench-{case}-{uuid.uuid4().hex[:6]}"))
         sup.start()
         try:
             deadline = time.monotonic() + 300
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     sys.path.insert(0, str(PROJECT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tsproject.settings")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "tsproject.settings"  # not the driver's, which bench/run.py set
     with tempfile.TemporaryDirectory(prefix="ts-bench-flow-") as tmp:
         os.environ.setdefault("TS_DB_NAME", str(Path(tmp) / "unused.sqlite3"))
         import django

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,6 @@ from task_supervisor import events
 from tests.support import Database, SupervisorProcess, config_toml, wait_until
 
 KEYED = "tsapp.tasks.keyed"
-NODES = ("flow-a", "flow-b")
 CHILDREN = 4
 KEYS = 20
 TASKS = 500
@@ -42,7 +42,9 @@ SLOW_POLL = "5s"
 def start_two(
     supervisor: Callable[..., SupervisorProcess], limits: str, extra: str = "", interval: str = "500ms"
 ) -> list[SupervisorProcess]:
-    sups = [supervisor(config_toml(pool(extra, interval) + limits, node=node)) for node in NODES]
+    # Nodes named afresh: their control sockets must not meet those of a test running alongside (xdist).
+    run = uuid.uuid4().hex[:6]
+    sups = [supervisor(config_toml(pool(extra, interval) + limits, node=f"flow-{run}-{n}")) for n in "ab"]
     for sup in sups:
         sup.wait_event(events.CHILD_READY, count=CHILDREN)
     return sups
