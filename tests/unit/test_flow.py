@@ -505,3 +505,13 @@ def test_the_admin_shows_what_each_key_holds_back_and_why_a_task_waits(db: Datab
     assert '<td class="field-held_back">2</td>' in page
     assert "concurrency: 1 of 1 running" in page
     assert f"Task {held[0].id} is held back by the limit of tsapp.tasks.keyed" in answer
+
+
+def test_a_reload_that_changes_limits_rolls_every_pool() -> None:
+    from task_supervisor.config import PoolConfig
+    from task_supervisor.loop.reload import Action, plan
+
+    pools = {"a": PoolConfig("a", ("a",)), "b": PoolConfig("b", ("b",), processes=2)}
+    resized = {**pools, "b": PoolConfig("b", ("b",), processes=3)}
+    assert [c.action for c in plan(pools, resized)] == [Action.KEEP, Action.RESIZE]
+    assert [c.action for c in plan(pools, resized, roll_all=True)] == [Action.ROLL, Action.ROLL]
