@@ -7,6 +7,9 @@ so the intervals each key's tasks ran in are read from what the tasks themselves
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections import defaultdict
@@ -241,7 +244,7 @@ def test_check_refuses_bad_limits_naming_the_key_and_shows_what_keys_hold_back(d
 
     from task_supervisor.models import FlowKey
 
-    t.keyed.enqueue("A")
+    waiting = t.keyed.enqueue("A")
     running = t.keyed.enqueue("A")
     rows().filter(pk=running.id).update(status="RUNNING")
     FlowKey.objects.create(limit=KEYED, key='"A"', holders=[running.id])
@@ -249,3 +252,16 @@ def test_check_refuses_bad_limits_naming_the_key_and_shows_what_keys_hold_back(d
     assert result.returncode == exitcodes.EX_OK, result.stderr
     assert f"Limit {KEYED}: concurrency 1 per account_id; 1 running, 1 held back." in result.stdout
     assert '  key "A": 1 held back: concurrency: 1 of 1 running.' in result.stdout
+    why = subprocess.run(
+        [sys.executable, "-m", "task_supervisor", "why", "-c", str(tmp_path / "config.toml"), waiting.id, running.id],
+        env={**os.environ, **db.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert why.returncode == exitcodes.EX_OK, why.stderr
+    assert why.stdout.splitlines() == [
+        f'Task {waiting.id} is held back by the limit of {KEYED} [account_id="A"] (concurrency 1 per account_id): '
+        "concurrency: 1 of 1 running.",
+        f"Task {running.id} is RUNNING, not READY.",
+    ]
