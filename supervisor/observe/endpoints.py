@@ -280,5 +280,6 @@ def default_socket_path(node: str) -> str:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     name = f"task-supervisor-{node}.sock" if runtime else f"task-supervisor-{os.getuid()}-{node}.sock"
     path = os.path.join(runtime or "/tmp", name)
-    # sun_path holds 108 bytes; a long node name falls back to a checksum of it.
-    return path if len(path) < 100 else f"/tmp/task-supervisor-{os.getuid()}-{zlib.crc32(node.encode()):08x}.sock"
+    # sun_path holds 108 bytes; a long path falls back to a checksum of it (the folder included: two
+    # runtime folders, two users' sessions or two side-by-side suites, must not share one socket).
+    return path if len(path) < 100 else f"/tmp/task-supervisor-{os.getuid()}-{zlib.crc32(path.encode()):08x}.sock"

@@ -9,6 +9,7 @@ import stat
 
 import pytest
 
+from task_supervisor.observe import endpoints
 from task_supervisor.observe.endpoints import (
     CLIENT_DEADLINE,
     ControlServer,
@@ -122,3 +123,16 @@ def test_a_stale_socket_file_is_replaced(tmp_path):
     dead.close()  # the file stays, nobody listens
     server = ControlServer(path, lambda c: b"", Clock())
     server.close()
+
+
+def test_a_long_socket_path_falls_back_to_a_checksum_of_the_whole_path(monkeypatch, tmp_path):
+    """Two runtime folders (side-by-side suites, two sessions) never share a control socket."""
+    first, second = tmp_path / ("a" * 90), tmp_path / ("b" * 90)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(first))
+    one = endpoints.default_socket_path("alpha")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(second))
+    other = endpoints.default_socket_path("alpha")
+    assert one != other and all(len(p) < 100 and p.startswith("/tmp/task-supervisor-") for p in (one, other))
+    assert endpoints.default_socket_path("alpha") == other  # the status command finds the same one
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert endpoints.default_socket_path("alpha") == str(tmp_path / "task-supervisor-alpha.sock")
