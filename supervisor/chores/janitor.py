@@ -216,8 +216,11 @@ class Janitor:
 
         Returns the cancel requests found for tasks our children run: (task id, worker id).
         """
-        self._renew_lease(now, pools)
-        self._attempt(now, lambda: self._chores(now, live_worker_ids, pools))
+        # One call that may block per turn (the loop's hold stays within one CHORES_DEADLINE, as
+        # the lease's margin counts on): a turn that sends the beat leaves the chores to the next,
+        # which comes at once (they are due).
+        if not self._renew_lease(now, pools):
+            self._attempt(now, lambda: self._chores(now, live_worker_ids, pools))
         due, self.cancels_due = self.cancels_due, []
         return due
 
@@ -321,15 +324,16 @@ class Janitor:
         self.stats.queue_depth = depth
         self.stats.oldest_ready_age = oldest
 
-    def _renew_lease(self, now: float, pools: list[str]) -> None:
-        """Send the heartbeat, which renews this node's lease, in an attempt of its own.
+    def _renew_lease(self, now: float, pools: list[str]) -> bool:
+        """Send the heartbeat, which renews this node's lease, in an attempt of its own; True when
+        it was due (sent, or tried and failed).
 
         Its own time box and its own backoff: a chore that keeps failing (a lost row the database
         refuses to update, say) must not hold back the beat, or the lease would run out and stop
         every running task while the database answers.
         """
         if not self.heartbeats or now < self.next_beat:
-            return
+            return False
         backend = self.distinct_backends()[0]
         sent_at = self.clock()  # the database stamps the beat no earlier: the lease counts from here
         try:
@@ -338,10 +342,11 @@ class Janitor:
         except Exception as exc:  # a database error of any driver: retry with the chores' backoff
             self._chores_failed(now, exc)
             self.next_beat = self.retry_at
-            return
+            return True
         self.lease_sent_at = sent_at
         self.next_beat = now + self.config.supervisor.beat_interval
         self.last_beat = timezone.now().isoformat()
+        return True
 
     def _published(self) -> dict[str, Any] | None:
         """What this node publishes for the dashboard (None before the loop hands its status in)."""

@@ -220,6 +220,22 @@ def test_a_heartbeat_that_fails_backs_off_and_holds_the_other_chores(monkeypatch
     assert janitor.next_beat == janitor.retry_at > clock.now
 
 
+def test_a_turn_that_sends_the_beat_leaves_the_chores_to_the_next_turn_at_once(monkeypatch):
+    """At most one call that may block per turn: the loop is held for one time box, not two."""
+    janitor, beats, clock = beating_janitor(monkeypatch, beat_fails=False)
+    finished: list[LostTask] = []
+    monkeypatch.setattr(recovery, "finish", lambda backend, lost, policy_for, rng: finished.append(lost) or [])
+    monkeypatch.setattr(recovery, "running_worker_ids", lambda backend, prefix, exclude=(): set())
+    monkeypatch.setattr(janitor, "_measure_queues", lambda: None)
+    monkeypatch.setattr(janitor, "_operator_chores", lambda now, live: None)
+    monkeypatch.setattr(janitor_module.cancels, "requested", lambda backend, worker_id: False)
+    janitor.tick(clock.now, set(), ["default"])
+    assert beats == [clock.now] and not finished
+    assert janitor.next_due() <= clock.now  # the chores are due: the loop turns again at once
+    janitor.tick(clock.now, set(), ["default"])
+    assert beats == [clock.now] and [lost.worker_id for lost in finished] == ["n1:default:0:1"]
+
+
 # -- the SQL, on SQLite and PostgreSQL -----------------------------------------------------
 
 
