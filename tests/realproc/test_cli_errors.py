@@ -20,7 +20,7 @@ def run_cli(tmp_path: Path, command: str, text: str, **env: str) -> subprocess.C
     path.write_text(text)
     return subprocess.run(
         [sys.executable, "-m", "task_supervisor", command, "-c", str(path)],
-        env={**os.environ, **env},
+        env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), **env},  # a control socket of its own
         capture_output=True,
         text=True,
         timeout=60,

@@ -189,7 +189,7 @@ def run_cli(tmp_path, *args: str, env: dict[str, str]) -> subprocess.CompletedPr
     config.write_text(config_toml(ONE_POOL))
     return subprocess.run(
         [sys.executable, "-m", "task_supervisor", *args, "-c", str(config)],
-        env={**os.environ, **env},
+        env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), **env},  # a control socket of its own
         capture_output=True,
         text=True,
         timeout=60,

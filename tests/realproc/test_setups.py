@@ -43,6 +43,9 @@ class Setup:
             "TS_DB_NAME": self.name,
             "DJANGO_SETTINGS_MODULE": settings,
             "PYTHONPATH": str(project),
+            # Its own folder for the default control socket: the setups' node is "compat" in every
+            # one of them, and side-by-side test workers must not find each other's supervisor.
+            "XDG_RUNTIME_DIR": str(workdir),
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "supervisor.log"
