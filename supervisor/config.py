@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from task_supervisor.wire.control import LEASE_MARGIN
 from task_supervisor.wire.limits import FlowLimit, parse_rate
@@ -425,15 +425,25 @@ def _read_retry(table: Any, path: str, problems: list[str]) -> RetryPolicy:
     return policy
 
 
-def _read_retries(table: dict[str, Any], problems: list[str]) -> dict[str, RetryPolicy]:
-    policies = {}
+T = TypeVar("T")
+
+
+def _per_task(
+    table: dict[str, Any], section: str, problems: list[str], read: Callable[[str, dict[str, Any], str], T]
+) -> dict[str, T]:
+    """A section of tables keyed by task path ([retries."path"], [limits."path"]), each read by ``read``."""
+    read_ = {}
     for task_path, value in table.items():
-        path = f'retries."{task_path}"'
+        path = f'{section}."{task_path}"'
         if not isinstance(value, dict):
-            problems.append(f'{path} must be a table such as [retries."{task_path}"], got {value!r}.')
+            problems.append(f'{path} must be a table such as [{section}."{task_path}"], got {value!r}.')
             continue
-        policies[task_path] = _read_retry(value, path, problems)
-    return policies
+        read_[task_path] = read(task_path, value, path)
+    return read_
+
+
+def _read_retries(table: dict[str, Any], problems: list[str]) -> dict[str, RetryPolicy]:
+    return _per_task(table, "retries", problems, lambda task_path, value, path: _read_retry(value, path, problems))
 
 
 def _read_task_timeouts(table: Any, problems: list[str]) -> dict[str, float]:
@@ -545,24 +555,23 @@ def _read_retention(table: dict[str, Any], problems: list[str]) -> RetentionConf
 
 
 def _read_limits(table: dict[str, Any], problems: list[str]) -> dict[str, FlowLimit]:
-    limits = {}
-    for task_path, value in table.items():
-        path = f'limits."{task_path}"'
-        if not isinstance(value, dict):
-            problems.append(f'{path} must be a table such as [limits."{task_path}"], got {value!r}.')
-            continue
-        r = _Reader(value, path, problems)
-        limit = FlowLimit(
-            task_path,
-            concurrency=r.get("concurrency", None, _positive_int, "an integer of at least 1"),
-            rate=r.get("rate", None, parse_rate, 'a rate such as "10/s", "100/m" or "1000/h"'),
-            key=r.get("key", None, _key_name, 'an argument\'s name, or its position such as "0"'),
-        )
-        r.finish()
-        if limit.concurrency is None and limit.rate is None and "concurrency" not in value and "rate" not in value:
-            problems.append(f"{path} limits nothing; set concurrency = N, rate = \"N/s\", or both.")
-        limits[task_path] = limit
-    return limits
+    return _per_task(
+        table, "limits", problems, lambda task_path, value, path: _read_limit(task_path, value, path, problems)
+    )
+
+
+def _read_limit(task_path: str, value: dict[str, Any], path: str, problems: list[str]) -> FlowLimit:
+    r = _Reader(value, path, problems)
+    limit = FlowLimit(
+        task_path,
+        concurrency=r.get("concurrency", None, _positive_int, "an integer of at least 1"),
+        rate=r.get("rate", None, parse_rate, 'a rate such as "10/s", "100/m" or "1000/h"'),
+        key=r.get("key", None, _key_name, 'an argument\'s name, or its position such as "0"'),
+    )
+    r.finish()
+    if limit.concurrency is None and limit.rate is None and "concurrency" not in value and "rate" not in value:
+        problems.append(f'{path} limits nothing; set concurrency = N, rate = "N/s", or both.')
+    return limit
 
 
 def _key_name(value: Any) -> str:
