@@ -13,17 +13,13 @@ Prints the median and the slowest of R runs in milliseconds, and the queries eac
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchkit import testproject
 
-from tests.support import PROJECT, DatabaseFactory, use_database  # noqa: E402
+from tests.support import use_database
 
 REQUESTS = {
     "page (HTML)": ("/admin/task_supervisor/dashboard/", {}),
@@ -125,33 +121,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=20, help="timed runs of each request (default 20)")
     parser.add_argument("--engines", nargs="+", default=["postgres", "sqlite"], choices=["postgres", "sqlite"])
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(PROJECT))
-    os.environ["DJANGO_SETTINGS_MODULE"] = "tsproject.settings"  # not the driver's, which bench/run.py set
-    with tempfile.TemporaryDirectory(prefix="ts-bench-dashboard-") as tmp:
-        os.environ.setdefault("TS_DB_NAME", str(Path(tmp) / "unused.sqlite3"))
-        import django
-
-        django.setup()
+    with testproject.databases("ts-bench-dashboard-") as (factory, _):
         from django.db import connections
 
-        factory = DatabaseFactory(Path(tmp))
-        try:
-            print(f"admin dashboard with {args.rows} finished task rows ({args.repeat} runs each, ms)")
-            print(f"{'database':<10} {'request':<24} {'median':>8} {'slowest':>8} {'queries':>8}")
-            for engine in args.engines:
-                db = factory.create(engine)
-                use_database(db)
-                try:
-                    began = time.monotonic()
-                    fill(engine, args.rows)
-                    print(f"  {engine}: {args.rows} rows in {time.monotonic() - began:.0f}s", file=sys.stderr)
-                    for label, median, slowest, queries in measure(args.repeat):
-                        print(f"{engine:<10} {label:<24} {median:>8.1f} {slowest:>8.1f} {queries:>8}", flush=True)
-                finally:
-                    connections.close_all()
-                    factory.drop(db)
-        finally:
-            factory.cleanup()
+        print(f"admin dashboard with {args.rows} finished task rows ({args.repeat} runs each, ms)")
+        print(f"{'database':<10} {'request':<24} {'median':>8} {'slowest':>8} {'queries':>8}")
+        for engine in args.engines:
+            db = factory.create(engine)
+            use_database(db)
+            try:
+                began = time.monotonic()
+                fill(engine, args.rows)
+                print(f"  {engine}: {args.rows} rows in {time.monotonic() - began:.0f}s", file=sys.stderr)
+                for label, median, slowest, queries in measure(args.repeat):
+                    print(f"{engine:<10} {label:<24} {median:>8.1f} {slowest:>8.1f} {queries:>8}", flush=True)
+            finally:
+                connections.close_all()
+                factory.drop(db)
     return 0
 
 

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchkit import testproject
 
-from tests.support import PROJECT, DatabaseFactory, SupervisorProcess, config_toml, use_database  # noqa: E402
+from tests.support import DatabaseFactory, SupervisorProcess, config_toml, use_database
 
 KEYED = "tsapp.tasks.keyed"
 CASES = {
@@ -77,30 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=2000, help="backlog per run (default 2000)")
     parser.add_argument("--rounds", type=int, default=3, help="runs per case; the best counts (default 3)")
     args = parser.parse_args(argv)
-    import os
-
-    sys.path.insert(0, str(PROJECT))
-    os.environ["DJANGO_SETTINGS_MODULE"] = "tsproject.settings"  # not the driver's, which bench/run.py set
-    with tempfile.TemporaryDirectory(prefix="ts-bench-flow-") as tmp:
-        os.environ.setdefault("TS_DB_NAME", str(Path(tmp) / "unused.sqlite3"))
-        import django
-
-        django.setup()
-        factory = DatabaseFactory(Path(tmp))
-        try:
-            print(f"claim throughput, 4 children, {args.tasks} tasks of {KEYED} (tasks/s, best of {args.rounds})")
-            print(f"{'database':<10} " + " ".join(f"{case:>8}" for case in CASES))
-            for engine in ("postgres", "sqlite"):
-                best = dict.fromkeys(CASES, 0.0)
-                for round_ in range(args.rounds):  # rounds interleave the cases, so drifting load hits all alike
-                    for case in CASES:
-                        print(f"  {engine} {case}, round {round_ + 1}...", file=sys.stderr)
-                        folder = Path(tmp) / f"{engine}-{round_}"
-                        folder.mkdir(exist_ok=True)
-                        best[case] = max(best[case], run_case(factory, engine, case, args.tasks, folder))
-                print(f"{engine:<10} " + " ".join(f"{f:>8.0f}" for f in best.values()), flush=True)
-        finally:
-            factory.cleanup()
+    with testproject.databases("ts-bench-flow-") as (factory, tmp):
+        print(f"claim throughput, 4 children, {args.tasks} tasks of {KEYED} (tasks/s, best of {args.rounds})")
+        print(f"{'database':<10} " + " ".join(f"{case:>8}" for case in CASES))
+        for engine in ("postgres", "sqlite"):
+            best = dict.fromkeys(CASES, 0.0)
+            for round_ in range(args.rounds):  # rounds interleave the cases, so drifting load hits all alike
+                for case in CASES:
+                    print(f"  {engine} {case}, round {round_ + 1}...", file=sys.stderr)
+                    folder = Path(tmp) / f"{engine}-{round_}"
+                    folder.mkdir(exist_ok=True)
+                    best[case] = max(best[case], run_case(factory, engine, case, args.tasks, folder))
+            print(f"{engine:<10} " + " ".join(f"{f:>8.0f}" for f in best.values()), flush=True)
     return 0
 
 
