@@ -37,19 +37,37 @@ def prepare_after_fork(parent_pid: int) -> None:
     """First thing in a new child, before exec or before running the worker in place."""
     # Own process group: a terminal's Ctrl-C reaches the supervisor alone, which then drains us.
     os.setpgid(0, 0)
-    _die_with_parent(parent_pid)
     signal.set_wakeup_fd(-1)
     for signum in _RESET_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
+    _die_with_parent(parent_pid)
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    # SIGTERM, not SIGKILL: db_worker then finishes its current task and exits.
+    """When the supervisor dies, db_worker gets one SIGTERM: it finishes its task and exits.
+
+    The kernel sends the parent-death signal once per exiting thread of the parent, not once:
+    a child is handed to the next live thread of the dying supervisor (its time-box watchdog),
+    and signalled again when that one exits. A second SIGTERM makes db_worker abandon the
+    running task (``sys.exit(1)`` inside it, written as FAILED). So the death signal is SIGHUP,
+    turned into a single SIGTERM by ``_on_parent_death``; until that handler is in place,
+    SIGHUP's default action ends the child as SIGTERM's would have.
+    """
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0)
+    signal.signal(signal.SIGHUP, _on_parent_death)
     if os.getppid() != parent_pid:
         os._exit(CHILD_EXIT_ORPHANED)
+
+
+def _on_parent_death(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the next threads' signals
+    # Not when db_worker already drains (the supervisor's own SIGTERM came first): a second
+    # SIGTERM would abandon the task.
+    worker = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    if getattr(worker, "running", True):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def exec_child(spec: ChildSpec, report_fd: int, control_fd: int) -> NoReturn:
