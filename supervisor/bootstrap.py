@@ -123,6 +123,7 @@ def run_system_checks() -> list[str]:
 # (flow alone 6 ms) when the supervisor has not loaded them before forking.
 CHILD_MODULES = (
     "task_supervisor.worker.failures",
+    "task_supervisor.worker.fastpath",
     "task_supervisor.worker.fence",
     "task_supervisor.worker.flow",
     "task_supervisor.worker.proctitle",

@@ -41,7 +41,12 @@ def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseFact
 @pytest.fixture(params=["sqlite", "postgres"])
 def db(request: pytest.FixtureRequest, databases: DatabaseFactory, django_ready: None) -> Iterator[Database]:
     """A fresh migrated database, also the in-process Django's "default"."""
-    database = databases.create(request.param)
+    yield from fresh_database(request.param, databases)
+
+
+def fresh_database(engine: str, databases: DatabaseFactory) -> Iterator[Database]:
+    """The ``db`` fixture's body, for modules that override its engines (``request.param``)."""
+    database = databases.create(engine)
     use_database(database)
     yield database
     from django.db import connections

@@ -64,16 +64,19 @@ def install(
     may_claim: Callable[[], bool] = lambda: True,
     paused: PausedQueues | None = None,
     pick: Callable[[Any, Callable[[Any], Any]], Any] | None = None,
+    first: Callable[[Any], Any] | None = None,
 ) -> None:
     """Wrap ``get_locked`` of the model's queryset class; installing again replaces the guard.
 
     ``may_claim`` is asked first: while the node's lease does not hold, nothing is claimed.
     Rows of paused queues are never picked. ``pick`` (``worker/flow.py``, when limits are
-    declared) picks in place of the backend's own query, which it is handed.
+    declared) picks in place of the backend's own query, which it is handed. ``first``
+    (``worker/fastpath.py``) runs the backend's own query in its place, compiled once.
     """
     paused = paused or PausedQueues()
     queryset_class = type(model.objects.get_queryset())
     original = getattr(queryset_class.get_locked, "task_supervisor_unguarded", queryset_class.get_locked)
+    backend_query = original if first is None else first
 
     def get_locked(self: Any) -> Any:
         if not may_claim():
@@ -81,7 +84,7 @@ def install(
         if queues := paused.get(self.db):
             self = self.exclude(queue_name__in=sorted(queues))
         for _ in range(MAX_SKIPPED):
-            row = original(self) if pick is None else pick(self, original)
+            row = backend_query(self) if pick is None else pick(self, original)
             if row is None:
                 return None
             error = unrunnable(row)

@@ -13,6 +13,7 @@ import importlib
 import os
 import signal
 import sys
+import time
 import traceback
 from typing import Any, NoReturn
 
@@ -30,6 +31,7 @@ from task_supervisor.wire.spec import (
 from task_supervisor.worker.control import ControlChannel, CurrentTask
 
 _PR_SET_PDEATHSIG = 1
+HEALTH_CHECK_EVERY = 1.0  # seconds: a kept connection used more recently is not checked again
 _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
 
 
@@ -99,7 +101,7 @@ def run_child(spec: ChildSpec, report_fd: int, control_fd: int) -> NoReturn:
 
 def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int:
     from task_supervisor import compat
-    from task_supervisor.worker import failures, fence, flow, proctitle, rowguard
+    from task_supervisor.worker import failures, fastpath, fence, flow, proctitle, rowguard
 
     try:
         backend = compat.resolve(spec.backend)
@@ -113,8 +115,18 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
         _json_task_logs(backend)
     channel = ControlChannel(control_fd, CurrentTask(), reporter, leased=spec.leased)
     limits = flow.install(backend, spec.limits, reporter)
-    rowguard.install(backend.model, may_claim=channel.lease_valid, pick=limits.pick if limits else None)
-    fence.install(backend, spec.worker_id, reporter, spec.pool, spec.slot, lease_valid=channel.lease_valid)
+    fast = fastpath.install(backend)
+    first = fast.pick.first if fast else None
+    rowguard.install(backend.model, channel.lease_valid, pick=limits.pick if limits else None, first=first)
+    fence.install(
+        backend,
+        spec.worker_id,
+        reporter,
+        spec.pool,
+        spec.slot,
+        lease_valid=channel.lease_valid,
+        updates=fast.updates if fast else None,
+    )
     _hook_signals(backend, reporter, spec, channel)
     failures.hook(backend, spec)  # Sentry, when the project initialised it
     worker_module = importlib.import_module(backend.worker_command)
@@ -157,7 +169,31 @@ def _keep_connections(alias: str) -> None:
     """
     from django.db import connections
 
-    connections[alias].settings_dict.update(CONN_MAX_AGE=None, CONN_HEALTH_CHECKS=True)
+    connection = connections[alias]
+    connection.settings_dict.update(CONN_MAX_AGE=None, CONN_HEALTH_CHECKS=True)
+    _health_check_at_most_every(connection, HEALTH_CHECK_EVERY)
+
+
+def _health_check_at_most_every(connection: Any, seconds: float) -> None:
+    """Django checks a kept connection (``SELECT 1``, a round trip) before the first query of each
+    "request": for db_worker, every task. A child that finishes a task and claims the next within
+    ``seconds`` has just used the connection; the check is skipped then, and made on the first
+    query after ``seconds`` (so always after an idle poll interval of that length or longer). A
+    connection lost inside that window fails the claim's query instead, which rolls back with
+    nothing claimed, and the child is restarted, as when a connection drops during a query.
+    """
+    check = connection.close_if_health_check_failed
+    checked_at = [float("-inf")]
+
+    def close_if_health_check_failed() -> None:
+        now = time.monotonic()
+        if now - checked_at[0] < seconds and connection.connection is not None:
+            connection.health_check_done = True
+            return
+        check()
+        checked_at[0] = now
+
+    connection.close_if_health_check_failed = close_if_health_check_failed
 
 
 def _check_database(backend: Any) -> None:

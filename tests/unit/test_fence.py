@@ -1,4 +1,4 @@
-"""The fence around a worker's final write, against real rows on SQLite and PostgreSQL."""
+"""The fence around a worker's final write, against real rows on SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 
@@ -14,8 +14,16 @@ from task_supervisor import events
 from task_supervisor.observe.exposition import Metrics
 from task_supervisor.observe.stats import Stats
 from task_supervisor.wire import protocol
-from task_supervisor.worker import fence
+from task_supervisor.worker import fastpath, fence
+from tests.conftest import fresh_database
 from tests.support import pg_connect, use_database, wait_until
+
+
+# MariaDB too: the fence's conditional UPDATE compares a JSON column and a DATETIME(6).
+@pytest.fixture(params=["sqlite", "postgres", "mariadb", "mariadb-rr"])
+def db(request: pytest.FixtureRequest, databases: Any, django_ready: None) -> Any:
+    yield from fresh_database(request.param, databases)
+
 
 ME = "testnode:default:0:1"
 OTHER = "othernode:default:0:1"
@@ -38,10 +46,16 @@ def backend(db):
     return compat.resolve("default")
 
 
+def install(backend: Any, worker_id: str, reporter: Any, *args: Any) -> None:
+    """As a child installs it: on PostgreSQL, writing through the precompiled conditional UPDATE."""
+    updates = fastpath.Updates(backend.model) if fastpath.supported(backend.db_alias) else None
+    fence.install(backend, worker_id, reporter, *args, updates=updates)
+
+
 @pytest.fixture
 def sent(backend):
     reporter = Sent()
-    fence.install(backend, ME, reporter, "default", 0)
+    install(backend, ME, reporter, "default", 0)
     yield reporter
     fence.uninstall(backend.model)
 
@@ -128,7 +142,7 @@ def test_a_row_claimed_again_by_another_worker_is_not_overwritten(backend, sent)
     kept = stored(row)
     assert kept.status == "RUNNING" and kept.worker_ids == [ME, OTHER] and kept.return_value is None
     assert sent.messages == [{"event": "task_fenced", "task_id": str(row.id), "owner": OTHER, "status": "RUNNING"}]
-    fence.install(backend, OTHER, Sent())  # the new owner, as its own process would
+    install(backend, OTHER, Sent())  # the new owner, as its own process would
     again.set_successful(4)
     assert stored(row).status == "SUCCESSFUL" and stored(row).return_value == 4
 
@@ -162,7 +176,7 @@ def test_a_save_that_fails_still_raises_and_writes_nothing(backend, sent):
 def test_installing_again_replaces_the_fence_and_uninstall_restores(backend, sent):
     model = backend.model
     wrapped = model.set_successful
-    fence.install(backend, OTHER, Sent())
+    install(backend, OTHER, Sent())
     assert model.set_successful.task_supervisor_unfenced is wrapped.task_supervisor_unfenced
     fence.uninstall(model)
     assert not hasattr(model.set_successful, "task_supervisor_unfenced")
@@ -173,7 +187,7 @@ def test_db_worker_goes_on_after_a_fenced_finish(backend, tmp_path):
     from django_tasks_db.management.commands.db_worker import Worker
 
     read_fd, write_fd = os.pipe()
-    fence.install(backend, ME, protocol.Reporter(write_fd))
+    install(backend, ME, protocol.Reporter(write_fd))
     finished: list[str] = []
 
     def on_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
@@ -242,7 +256,7 @@ def test_on_postgresql_the_fence_waits_for_a_writer_holding_the_row_and_sees_its
     """The check and the write share one transaction: a recovery committing meanwhile wins."""
     database, backend = pg_backend
     sent = Sent()
-    fence.install(backend, ME, sent)
+    install(backend, ME, sent)
     try:
         row = claimed(backend)
         table = backend.model._meta.db_table
