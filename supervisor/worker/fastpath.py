@@ -22,12 +22,13 @@ Django's cursor, so execute wrappers, debug logging and error wrapping see them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import signals
 from django.utils import timezone
 
@@ -49,23 +50,38 @@ class _Compiled:
 
 
 class Pick:
-    """``queryset.select_for_update(skip_locked=True).first()``, compiled once per shape."""
+    """``queryset.select_for_update(skip_locked=True).first()``, compiled once per shape.
 
-    def __init__(self, date_max: datetime.datetime) -> None:
+    With ``claim_as`` (a worker id) the pick also claims: one autocommitted statement, ``UPDATE
+    table SET status = 'RUNNING', started_at = %s, worker_ids = worker_ids || %s WHERE id =
+    (the pick) RETURNING ...``, where db_worker spent four round trips (BEGIN, the pick, its
+    claim's save, COMMIT). The row comes back marked, so that db_worker's own ``claim()`` of it
+    writes nothing again (``_saving_through``), and db_worker's claim transaction is then empty
+    (``worker/run.py`` gives it no BEGIN or COMMIT). A row whose ``worker_ids`` is not a list is
+    claimed with it unchanged; rowguard then fails it with the reason, as before.
+    """
+
+    def __init__(self, date_max: datetime.datetime, claim_as: str | None = None) -> None:
         self.date_max = date_max  # run_after of a task with none: a parameter that never changes
+        self.claim_as = claim_as
         self.compiled: dict[Any, _Compiled | None] = {}
 
     def first(self, queryset: Any) -> Any:
-        """The first row, locked, as ``select_for_update(skip_locked=True).first()`` returns it."""
+        """The first row, locked (claimed, with ``claim_as``), as the ORM would return it."""
         shape = (queryset.db, queryset.model, _shape(queryset.query.where))
         entry = self.compiled.get(shape, ...)
         if entry is ...:
-            entry = self.compiled[shape] = self._compile(queryset)
+            with transaction.atomic(using=queryset.db):  # compiling FOR UPDATE wants one; runs nothing
+                entry = self.compiled[shape] = self._compile(queryset)
         if entry is None:
-            return queryset.select_for_update(skip_locked=True).first()
+            return self._orm_first(queryset)
+        now = timezone.now()
         params = list(entry.params)
-        params[entry.now_at] = timezone.now()
+        params[entry.now_at] = now
         connection = connections[queryset.db]
+        if self.claim_as is not None:
+            worker_ids = queryset.model._meta.get_field("worker_ids")
+            params[:0] = [RUNNING, now, worker_ids.get_db_prep_save([self.claim_as], connection)]
         with connection.cursor() as cursor:
             cursor.execute(entry.sql, params)
             row = cursor.fetchone()
@@ -73,7 +89,21 @@ class Pick:
             return None
         if entry.converters:
             row = next(iter(entry.compiler.apply_converters([row], entry.converters)))
-        return queryset.model.from_db(queryset.db, entry.attnames, row[: len(entry.attnames)])
+        found = queryset.model.from_db(queryset.db, entry.attnames, row[: len(entry.attnames)])
+        if self.claim_as is not None:
+            found.task_supervisor_claimed = True
+        return found
+
+    def _orm_first(self, queryset: Any) -> Any:
+        """The ORM's way, for a shape this does not compile; claiming in the same transaction."""
+        if self.claim_as is None:
+            return queryset.select_for_update(skip_locked=True).first()
+        with transaction.atomic(using=queryset.db):
+            found = queryset.select_for_update(skip_locked=True).first()
+            if found is not None and isinstance(found.worker_ids, list):  # else rowguard fails it
+                found.claim(self.claim_as)
+                found.task_supervisor_claimed = True
+        return found
 
     def _compile(self, queryset: Any) -> _Compiled | None:
         query = queryset.select_for_update(skip_locked=True)
@@ -87,7 +117,25 @@ class Pick:
         columns = compiler.select[: compiler.col_count]
         attnames = [column.target.attname for column, _sql, _alias in columns]
         converters = compiler.get_converters([column for column, _sql, _alias in columns])
+        if self.claim_as is not None:
+            inner, inner_params = query.values("pk")[:1].query.get_compiler(queryset.db).as_sql()
+            if list(inner_params) != list(params):
+                return None
+            sql = _claiming(queryset, inner, [column_sql for _column, (column_sql, _p), _alias in columns])
         return _Compiled(sql, list(params), moving[0], compiler, converters, attnames)
+
+
+def _claiming(queryset: Any, pick: str, returning: list[str]) -> str:
+    quote = connections[queryset.db].ops.quote_name
+    meta = queryset.model._meta
+    table, pk = quote(meta.db_table), quote(meta.pk.column)
+    status, started_at = quote(meta.get_field("status").column), quote(meta.get_field("started_at").column)
+    worker_ids = quote(meta.get_field("worker_ids").column)
+    return (
+        f"UPDATE {table} SET {status} = %s, {started_at} = %s, {worker_ids} = CASE WHEN "
+        f"jsonb_typeof({worker_ids}) = 'array' THEN {worker_ids} || %s ELSE {worker_ids} END "
+        f"WHERE {pk} = ({pick}) RETURNING {', '.join(returning)}"
+    )
 
 
 def _shape(node: Any) -> Any:
@@ -155,18 +203,24 @@ class FastPath:
     updates: Updates
 
 
-def install(backend: Any) -> FastPath | None:
-    """On PostgreSQL: the pick and the updates, and the backend's ``claim`` writing through them.
-    None elsewhere (the ORM's way stays)."""
+def install(backend: Any, claim_as: str | None = None) -> FastPath | None:
+    """On PostgreSQL: the pick (claiming as ``claim_as`` if given) and the updates, and the
+    backend's ``claim`` writing through them. None elsewhere (the ORM's way stays)."""
     import importlib
 
     if not supported(backend.db_alias):
         return None
     models = importlib.import_module(f"{backend.package}.models")
-    fast = FastPath(Pick(models.get_date_max()), Updates(backend.model))
+    fast = FastPath(Pick(models.get_date_max(), claim_as), Updates(backend.model))
     claim = getattr(backend.model.claim, "task_supervisor_slow", backend.model.claim)
     backend.model.claim = _saving_through(claim, fast.updates)
     return fast
+
+
+@contextlib.contextmanager
+def no_transaction(using: str | None = None) -> Iterator[None]:
+    """db_worker's claim block, when the pick has claimed in one autocommitted statement."""
+    yield
 
 
 def uninstall(model: Any) -> None:
@@ -182,6 +236,8 @@ def _saving_through(method: Any, updates: Updates) -> Any:
 
     @wraps(method)
     def fast(row: Any, *args: Any, **kwargs: Any) -> Any:
+        if vars(row).pop("task_supervisor_claimed", False):
+            return None  # claimed by the pick itself (Pick.claim_as)
         def save(*save_args: Any, update_fields: Sequence[str] | None = None, **save_kwargs: Any) -> None:
             if save_args or save_kwargs or not update_fields:
                 return type(row).save(row, *save_args, update_fields=update_fields, **save_kwargs)

@@ -115,7 +115,8 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
         _json_task_logs(backend)
     channel = ControlChannel(control_fd, CurrentTask(), reporter, leased=spec.leased)
     limits = flow.install(backend, spec.limits, reporter)
-    fast = fastpath.install(backend)
+    # The pick claims in one statement where nothing else has to share its transaction.
+    fast = fastpath.install(backend, claim_as=None if limits else spec.worker_id)
     first = fast.pick.first if fast else None
     rowguard.install(backend.model, channel.lease_valid, pick=limits.pick if limits else None, first=first)
     fence.install(
@@ -131,6 +132,8 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
     failures.hook(backend, spec)  # Sentry, when the project initialised it
     worker_module = importlib.import_module(backend.worker_command)
     channel.install(worker_module)
+    if fast is not None and fast.pick.claim_as is not None:
+        worker_module.exclusive_transaction = fastpath.no_transaction  # the claim is one statement
     proctitle.set_title(f"task-supervisor: {spec.pool}[{spec.slot}] idle")
     reporter.send(protocol.READY, pid=os.getpid())
     command = worker_module.Command()

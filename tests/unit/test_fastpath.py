@@ -143,3 +143,50 @@ def test_a_claim_of_a_deleted_row_raises_as_save_does(backend):
     backend.model.objects.all().delete()
     with pytest.raises(DatabaseError, match="did not affect any rows"):
         row.claim("me")
+
+
+def test_a_claiming_pick_claims_in_one_statement_and_the_claim_after_it_writes_nothing(backend):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    backend, _fast = backend
+    from django_tasks_db.models import get_date_max
+
+    pick = fastpath.Pick(get_date_max(), claim_as="node:default:0:1")
+    enqueue()
+    ready = backend.model.objects.ready()
+    pick.first(ready)  # compiles
+    backend.model.objects.update(status="READY", worker_ids=["earlier"])
+    with CaptureQueriesContext(connection) as queries:
+        row = pick.first(backend.model.objects.ready())
+        row.claim("node:default:0:1")  # what db_worker does next
+    assert len(queries) == 1 and queries[0]["sql"].startswith("UPDATE")
+    stored = backend.model.objects.get()
+    assert (stored.status, stored.worker_ids) == ("RUNNING", ["earlier", "node:default:0:1"])
+    assert (row.status, row.worker_ids, row.started_at) == ("RUNNING", stored.worker_ids, stored.started_at)
+    assert pick.first(backend.model.objects.ready()) is None  # nothing READY is left
+
+
+def test_a_claiming_pick_leaves_a_bad_worker_ids_as_it_is_for_rowguard_to_fail(backend):
+    backend, _fast = backend
+    from django_tasks_db.models import get_date_max
+
+    pick = fastpath.Pick(get_date_max(), claim_as="me")
+    enqueue()
+    backend.model.objects.update(worker_ids={"not": "a list"})
+    row = pick.first(backend.model.objects.ready())
+    assert row.worker_ids == {"not": "a list"}
+    assert backend.model.objects.get().worker_ids == {"not": "a list"}
+
+
+def test_a_shape_it_does_not_compile_is_picked_and_claimed_by_the_orm_in_one_transaction(backend):
+    backend, _fast = backend
+    from django_tasks_db.models import get_date_max
+
+    pick = fastpath.Pick(get_date_max(), claim_as="me")
+    enqueue()
+    unordered = backend.model.objects.ready().order_by()  # first() would order by pk
+    row = pick.first(unordered)
+    row.claim("me")
+    stored = backend.model.objects.get()
+    assert (stored.status, stored.worker_ids) == ("RUNNING", ["me"])
