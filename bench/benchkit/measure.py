@@ -97,12 +97,16 @@ def pickup_latency(db: Database, samples: int, gap: tuple[float, float], run_aft
     return Pickup(Distribution.of(latency), Distribution.of(after_enqueue) if run_after is None else None)
 
 
-def throughput(db: Database, task: str, count: int) -> Throughput:
-    """A backlog of ``count`` tasks committed at once; first started_at to last finished_at."""
-    database.clear(db)
+def throughput(db: Database, task: str, count: int, since: datetime.datetime | None = None) -> Throughput:
+    """A backlog of ``count`` tasks committed at once; first started_at to last finished_at.
+
+    The rows of earlier runs are deleted first: all of them, or those enqueued since ``since``
+    (the rows before it are a history the run keeps, and leaves out of its figure).
+    """
+    database.clear(db, since)
     database.enqueue_backlog(db, task, count)
     database.wait_drained(db, timeout=60 + count * 0.1)
-    span = database.window(db)
+    span = database.window(db, since)
     if span.finished != count:
         raise BenchError(f"{span.finished} of {count} tasks finished")
     return Throughput(count, span.failed, span.seconds, count / span.seconds)
