@@ -1,20 +1,23 @@
 """The supervisor with a million finished rows in the task table, against the same on an empty one.
 
 Finished rows pile up wherever nobody prunes them: the claim, the supervisor's housekeeping and
-its figures must not slow down as they do. The same supervisor session measures noop throughput
-and pickup latency on the empty table, then fills it in one INSERT ... SELECT (as
-bench/dashboard.py does: one row in 33 FAILED, spread over the last 7 days, in the queue the
-workers claim from) and measures again.
+its figures must not slow down as they do. One supervisor session measures noop throughput and
+pickup latency on the empty table, fills it in one INSERT ... SELECT (as bench/dashboard.py
+does: one row in 33 FAILED, spread over the last 7 days, in the queue the workers claim from),
+measures again, then empties it and measures once more: the empty table's samples and runs are
+split between before and after, so that load drifting over the figure weighs on both sides.
 """
 
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from benchkit import database
 from benchkit.database import BenchError, Database
 from benchkit.measure import Distribution, Throughput
+
+STATES = ("empty", "filled", "emptied")  # in this order; "emptied" adds to the "empty" figures
 
 SPAN_S = 7 * 86400  # finished rows spread over this many seconds before now
 
@@ -35,9 +38,38 @@ FROM generate_series(1, %(rows)s) AS g
 @dataclass(frozen=True, slots=True)
 class TableFigures:
     rows: int  # finished rows in the table besides the measured ones
-    latency: Distribution
-    throughput: Throughput  # noop, the best of the rounds
-    rounds: int
+    latencies: tuple[float, ...] = ()  # milliseconds, every pickup latency sample
+    runs: tuple[Throughput, ...] = ()  # every noop throughput run
+
+    @property
+    def complete(self) -> bool:
+        """Both figures have something: not so when the step before the fill failed."""
+        return bool(self.latencies and self.runs)
+
+    @property
+    def latency(self) -> Distribution:
+        return Distribution.of(list(self.latencies))
+
+    @property
+    def throughput(self) -> Throughput:
+        """The best run: the one least disturbed by anything else on the machine."""
+        return max(self.runs, key=lambda run: run.per_second)
+
+    def add(self, latencies: list[float], runs: list[Throughput]) -> TableFigures:
+        return replace(self, latencies=(*self.latencies, *latencies), runs=(*self.runs, *runs))
+
+
+def share(total: int, state: str) -> int:
+    """How many of ``total`` samples (or runs) ``state`` takes: the empty table's are split
+    between before the fill and after, the first half taking the odd one."""
+    if state == "filled":
+        return total
+    first = (total + 1) // 2
+    return first if state == "empty" else total - first
+
+
+def figure_key(state: str) -> str:
+    return "filled" if state == "filled" else "empty"
 
 
 def fill(db: Database, rows: int) -> datetime.datetime:

@@ -250,10 +250,14 @@ def _celery_throughput(results: Results, task: str, n: int, supervisor: float | 
     return Versus(c, target, met, _failed(results, celery_key(task, n)))
 
 
+def _complete(figures: TableFigures | None) -> TableFigures | None:
+    return figures if figures is not None and figures.complete else None
+
+
 def bigtable_rows(results: Results) -> list[HistoryRow]:
     """Throughput and pickup latency with the big table against the empty one; ratio full / empty."""
-    empty, filled = results.bigtable.get("empty"), results.bigtable.get("filled")
-    failed = _failed(results, "bigtable/empty", "bigtable/filled")
+    empty, filled = (_complete(results.bigtable.get(key)) for key in ("empty", "filled"))
+    failed = _failed(results, "bigtable/empty", "bigtable/filled", "bigtable/emptied")
     if empty is None and filled is None and not failed:
         return []
     slower, faster = 1 + BIGTABLE_SLOWDOWN, 1 - BIGTABLE_SLOWDOWN  # the worst allowed latency, throughput
@@ -265,7 +269,7 @@ def bigtable_rows(results: Results) -> list[HistoryRow]:
     assert known is not None or failed
     e = empty.throughput.per_second if empty else None
     f = filled.throughput.per_second if filled else None
-    runs = f"{known.throughput.tasks} tasks, best of {known.rounds}" if known else "tasks"
+    runs = f"{known.throughput.tasks} tasks, best of {len(known.runs)}" if known else "tasks"
     met = e is not None and f is not None and f >= e * faster
     rows = [row(f"noop throughput (tasks/s, {runs})", e, f, f">= {faster:g}x", met)]
     for stat in ("p50", "p99", "max"):
@@ -340,8 +344,8 @@ def main_table(rows: list[Row]) -> str:
 def bigtable_table(rows: list[HistoryRow], filler: int, processes: int) -> str:
     """Its own table under the main one: the columns are the table's two states."""
     title = (
-        f"the task table empty, then with {filler:,} finished rows: PostgreSQL, task-supervisor N={processes}; "
-        "ratio = full / empty"
+        f"the task table empty (before the fill and after emptying it, half each) vs with {filler:,} finished rows: "
+        f"PostgreSQL, task-supervisor N={processes}; ratio = full / empty"
     )
     head = HistoryRow("figure", "empty table", f"{filler:,} rows", "ratio; target")
     return title + "\n\n" + table([r.cells() for r in [head, *rows]], "<>><")
