@@ -59,7 +59,12 @@ test: venvs
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check supervisor scheduler tests
 
-bench: $(VENV)/.stamp
+# Celery (and its Redis client) for the benchmark's Celery side: the benchmark alone needs them.
+$(VENV)/.bench-stamp: $(VENV)/.stamp
+	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.bench-stamp
 	$(VENV)/bin/python bench/run.py
 
 clean:

@@ -1,10 +1,10 @@
-"""task-supervisor against N bare `manage.py db_worker` processes, side by side.
+"""task-supervisor against N bare `manage.py db_worker` processes and Celery, side by side.
 
     .venv/bin/python bench/run.py [--quick] [--json FILE] [--only FIGURE ...] [--keep]
 
-Creates its own PostgreSQL database (ts_bench_<random>) and SQLite file, starts and stops every
-process it needs, and leaves nothing behind, also on Ctrl-C. What each figure means and how it
-is taken: bench/README.md. Progress goes to stderr, the table to stdout.
+Creates its own PostgreSQL database (ts_bench_<random>), SQLite file and Redis queue, starts and
+stops every process it needs, and leaves nothing behind, also on Ctrl-C. What each figure means
+and how it is taken: bench/README.md. Progress goes to stderr, the table to stdout.
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchkit import database, harness, measure, report
+from benchkit import bigtable, celeryside, database, harness, measure, report
 from benchkit.database import BenchError, Database
-from benchkit.report import Results, latency_key, throughput_key
-from benchkit.signals import interrupt_on_term
+from benchkit.report import Results, celery_key, latency_key, throughput_key
+from benchkit.signals import interrupt_on_term, uninterrupted
 
-FIGURES = ("latency", "throughput", "restart", "memory", "cpu", "limits", "dashboard")
+FIGURES = ("latency", "throughput", "restart", "memory", "cpu", "bigtable", "limits", "dashboard")
 LIMITS_TASKS = 2000  # backlog per run of the [limits] figure (bench/flow.py); --quick: 500
 DASHBOARD_ROWS = 1_000_000  # finished rows under the admin dashboard (bench/dashboard.py); --quick: 100000
-KINDS = ("bare", "supervisor")
+KINDS = ("bare", "supervisor")  # the database workers; Celery runs after them for each N
+BIGTABLE_PROCESSES = 2  # supervisor children for the big table figure
 SUPERVISOR_GAP = (0.05, 0.30)  # seconds between one task's start and the next enqueue
 # A bare worker's latency depends on where in its 1 s polling cycle a task lands: gaps spanning a
 # whole cycle make that phase uniform, as with real arrivals (50-300 ms would bias it high).
@@ -49,6 +50,8 @@ class Plan:
     work_per_process: int = 100  # backlog of 10 ms tasks per worker process
     restart_samples: int = 7
     idle_seconds: float = 10.0
+    bigtable_rows: int = 1_000_000  # finished rows in the task table for the big table figure
+    bigtable_rounds: int = 5  # noop throughput runs on each table; the best counts
     figures: tuple[str, ...] = FIGURES
 
     @property
@@ -65,6 +68,8 @@ QUICK = Plan(
     work_per_process=15,
     restart_samples=3,
     idle_seconds=3.0,
+    bigtable_rows=100_000,
+    bigtable_rounds=2,
 )
 
 
@@ -77,11 +82,14 @@ class Step:
 class Bench:
     """Runs the sessions of a plan: one set of workers at a time, each measured in steps."""
 
-    def __init__(self, plan: Plan, workspace: Path, postgres: Database, sqlite: Database) -> None:
+    def __init__(
+        self, plan: Plan, workspace: Path, postgres: Database, sqlite: Database, broker: celeryside.Broker
+    ) -> None:
         self.plan = plan
         self.workspace = workspace
         self.postgres = postgres
         self.sqlite = sqlite
+        self.broker = broker
         self.results = Results()
         self.began = time.monotonic()
 
@@ -92,6 +100,7 @@ class Bench:
         for n in self.plan.processes:
             for kind in KINDS:
                 self.session(self.postgres, kind, n, self.postgres_steps(kind, n))
+            self.celery(n)
         if "restart" in self.plan.figures:
             self.session(self.postgres, "supervisor", 1, [self.restart_step("exec")], start="exec")
             self.attempt("restart/bare", self.bare_boot)
@@ -99,6 +108,9 @@ class Bench:
             for n in self.plan.processes:
                 for kind in KINDS:
                     self.session(self.sqlite, kind, n, self.throughput_steps(self.sqlite, kind, n))
+        if "bigtable" in self.plan.figures:  # last: it leaves the filled table behind
+            steps = [Step(f"bigtable/{s}", functools.partial(self.table_figures, s)) for s in bigtable.STATES]
+            self.session(self.postgres, "supervisor", BIGTABLE_PROCESSES, steps, tag="bigtable")
         return self.results
 
     def postgres_steps(self, kind: str, n: int) -> list[Step]:
@@ -115,10 +127,11 @@ class Bench:
             steps.append(Step(f"idle/{kind}", self.idle))
         return steps
 
-    def session(self, db: Database, kind: str, n: int, steps: list[Step], start: str = "fork") -> None:
+    def session(self, db: Database, kind: str, n: int, steps: list[Step], start: str = "fork", tag: str = "") -> None:
         if not steps:
             return
         name = f"{db.engine}-{kind}-{start}-{n}" if kind == "supervisor" else f"{db.engine}-{kind}-{n}"
+        name += f"-{tag}" if tag else ""
         self.progress(f"{name}: starting {n} {'children' if kind == 'supervisor' else 'db_workers'}")
         workers: harness.Workers
         if kind == "supervisor":
@@ -162,11 +175,14 @@ class Bench:
 
         return Step(f"latency/{key}", run)
 
+    def backlogs(self, n: int) -> dict[str, int]:
+        """The throughput figure's backlog of each task for N workers."""
+        return {"noop": self.plan.noop_per_process * n, "10ms": self.plan.work_per_process * n}
+
     def throughput_steps(self, db: Database, kind: str, n: int) -> list[Step]:
         if "throughput" not in self.plan.figures:
             return []
-        counts = {"noop": self.plan.noop_per_process * n, "10ms": self.plan.work_per_process * n}
-        return [self.throughput_step(db, task, count, kind, n) for task, count in counts.items()]
+        return [self.throughput_step(db, task, count, kind, n) for task, count in self.backlogs(n).items()]
 
     def throughput_step(self, db: Database, task: str, count: int, kind: str, n: int) -> Step:
         key = throughput_key(db.engine, task, kind, n)
@@ -186,6 +202,46 @@ class Bench:
     def bare_boot(self) -> None:
         database.clear(self.postgres)
         self.results.restart["bare"] = measure.boot_times(self.postgres, self.workspace, self.plan.restart_samples)
+
+    def celery(self, n: int) -> None:
+        """Celery's figures for N pool children: a worker started for each (benchkit.celeryside)."""
+        if "latency" in self.plan.figures and n in (1, self.plan.top):
+            self.attempt(f"latency/{latency_key('celery', n, 'now')}", functools.partial(self.celery_latency, n))
+        if "throughput" in self.plan.figures:
+            for task, count in self.backlogs(n).items():
+                self.attempt(celery_key(task, n), functools.partial(self.celery_throughput, task, count, n))
+
+    def celery_latency(self, n: int) -> None:
+        samples = self.plan.latency_samples
+        pickup = celeryside.pickup_latency(self.broker, n, self.workspace, f"celery-{n}", samples, SUPERVISOR_GAP)
+        self.results.latency[latency_key("celery", n, "now")] = pickup.latency
+        if pickup.after_enqueue is not None:
+            self.results.latency[latency_key("celery", n, "after_enqueue")] = pickup.after_enqueue
+
+    def celery_throughput(self, task: str, count: int, n: int) -> None:
+        name = f"celery-{n}-{task}"
+        self.results.throughput[celery_key(task, n)] = celeryside.throughput(
+            self.broker, task, count, self.workspace, name, n
+        )
+
+    def table_figures(self, state: str, workers: harness.Workers) -> None:
+        """Pickup latency samples and noop throughput runs on the empty, filled or emptied table."""
+        db, since, rows = workers.db, None, 0
+        if state == "filled":
+            rows = self.plan.bigtable_rows
+            self.progress(f"  filling the task table with {rows:,} finished rows")
+            since = bigtable.fill(db, rows)  # the history is enqueued before it and kept
+            self.progress("  filled")
+        database.clear(db, since)  # "emptied": the history goes too
+        samples, rounds = (
+            bigtable.share(self.plan.latency_samples, state),
+            bigtable.share(self.plan.bigtable_rounds, state),
+        )
+        latency, _ = measure.pickup_samples(db, samples, SUPERVISOR_GAP)
+        count = self.plan.noop_per_process * BIGTABLE_PROCESSES
+        runs = [measure.throughput(db, "noop", count, since) for _ in range(rounds)]
+        key = bigtable.figure_key(state)
+        self.results.bigtable[key] = self.results.bigtable.get(key, bigtable.TableFigures(rows)).add(latency, runs)
 
     def idle(self, workers: harness.Workers) -> None:
         database.clear(workers.db)
@@ -219,6 +275,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(plan: Plan, args: argparse.Namespace) -> int:
+    broker = celeryside.Broker()
     with harness.Workspace(args.keep) as workspace, database.postgres_database() as postgres:
         sqlite = database.sqlite_database(workspace.path)
         database.setup_django(postgres, sqlite)
@@ -227,16 +284,26 @@ def run(plan: Plan, args: argparse.Namespace) -> int:
         versions = {db.engine: database.server_version(db) for db in (postgres, sqlite)}
         info = report.machine(versions)
         info["when"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        results = Bench(plan, workspace.path, postgres, sqlite).run()
+        try:
+            results = Bench(plan, workspace.path, postgres, sqlite, broker).run()
+        finally:
+            with uninterrupted():
+                broker.cleanup()
+        info |= broker.info()
         info["load_average_end"] = round(os.getloadavg()[0], 2)
     table_rows = rows(plan, results)
+    history = report.bigtable_rows(results)
     print(report.header(info, plan.processes))
-    print()
-    print(report.table(table_rows))
+    if table_rows:
+        print()
+        print(report.main_table(table_rows))
+    if history:
+        print()
+        print(report.bigtable_table(history, plan.bigtable_rows, BIGTABLE_PROCESSES))
     for key, error in results.errors.items():
         print(f"error in {key}: {error}")
     if args.json:
-        report.write_json(args.json, info, plan, results, table_rows)
+        report.write_json(args.json, info, plan, results, table_rows, history)
     return 1 if results.errors else 0
 
 

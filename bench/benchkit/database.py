@@ -150,10 +150,15 @@ def _model() -> Any:
     return DBTaskResult
 
 
-def clear(db: Database) -> None:
-    """Delete every task row, so that each run counts only its own."""
+def clear(db: Database, since: datetime.datetime | None = None) -> None:
+    """Delete every task row (or those enqueued since ``since``), so that each run counts only its own."""
+    _rows(db, since).delete()
+
+
+def _rows(db: Database, since: datetime.datetime | None) -> Any:
     activate(db)
-    _model().objects.using(db.alias).all().delete()
+    rows = _model().objects.using(db.alias).all()
+    return rows if since is None else rows.filter(enqueued_at__gte=since)
 
 
 def enqueue(db: Database, task: str = "noop", run_after: float | None = None) -> str:
@@ -204,20 +209,15 @@ def wait_drained(db: Database, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def window(db: Database) -> Window:
-    """First started_at to last finished_at over every row."""
+def window(db: Database, since: datetime.datetime | None = None) -> Window:
+    """First started_at to last finished_at over every row (or those enqueued since ``since``)."""
     from django.db.models import Count, Max, Min, Q
 
-    activate(db)
-    found = (
-        _model()
-        .objects.using(db.alias)
-        .aggregate(
-            first=Min("started_at"),
-            last=Max("finished_at"),
-            finished=Count("id", filter=Q(finished_at__isnull=False)),
-            failed=Count("id", filter=Q(status="FAILED")),
-        )
+    found = _rows(db, since).aggregate(
+        first=Min("started_at"),
+        last=Max("finished_at"),
+        finished=Count("id", filter=Q(finished_at__isnull=False)),
+        failed=Count("id", filter=Q(status="FAILED")),
     )
     if found["first"] is None or found["last"] is None:
         raise BenchError("no task was processed")

@@ -89,7 +89,7 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -145,7 +145,7 @@ class Workers:
     def check_alive(self) -> None:
         for index, proc in enumerate(self.procs):
             if proc.poll() is not None:
-                raise BenchError(f"{self.name} exited with code {proc.returncode}:\n{_tail(self.log(index))}")
+                raise BenchError(f"{self.name} exited with code {proc.returncode}:\n{tail(self.log(index))}")
 
 
 class BareWorkers(Workers):
@@ -166,7 +166,7 @@ class BareWorkers(Workers):
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         for index in range(self.processes):
-            while BARE_READY_LINE not in _read(self.log(index)):
+            while BARE_READY_LINE not in read_log(self.log(index)):
                 self.check_alive()
                 if time.monotonic() > deadline:
                     raise BenchError(f"{self.name}-{index} did not start within {READY_TIMEOUT:g}s")
@@ -181,7 +181,7 @@ def bare_argv(worker_id: str, startup_delay: bool = True) -> list[str]:
     return argv if startup_delay else [*argv, "--no-startup-delay"]
 
 
-def _read(path: Path) -> str:
+def read_log(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
     except OSError:
@@ -280,7 +280,7 @@ class Supervised(Workers):
             if len(children) == self.processes and all(c.state == "idle" for c in children) and accept(children):
                 return children
             if time.monotonic() > deadline:
-                raise BenchError(f"{self.name}: children not idle within {timeout:g}s:\n{_tail(self.log())}")
+                raise BenchError(f"{self.name}: children not idle within {timeout:g}s:\n{tail(self.log())}")
             time.sleep(0.1)
 
 

@@ -83,6 +83,14 @@ def pickup_latency(db: Database, samples: int, gap: tuple[float, float], run_aft
     enqueued_at is stamped before the INSERT, so the latency includes the enqueue's own round
     trips; ``after_enqueue`` leaves them out.
     """
+    latency, after_enqueue = pickup_samples(db, samples, gap, run_after)
+    return Pickup(Distribution.of(latency), Distribution.of(after_enqueue) if run_after is None else None)
+
+
+def pickup_samples(
+    db: Database, samples: int, gap: tuple[float, float], run_after: float | None = None
+) -> tuple[list[float], list[float]]:
+    """pickup_latency's samples, in milliseconds: the latencies, and the pickups after enqueue()."""
     latency, after_enqueue = [], []
     for index in range(WARMUP_TASKS + samples):
         time.sleep(random.uniform(*gap))
@@ -94,15 +102,19 @@ def pickup_latency(db: Database, samples: int, gap: tuple[float, float], run_aft
         if index >= WARMUP_TASKS:
             latency.append(_ms(row.started_at - reference))
             after_enqueue.append((row.started_at.timestamp() - returned) * 1000)
-    return Pickup(Distribution.of(latency), Distribution.of(after_enqueue) if run_after is None else None)
+    return latency, after_enqueue
 
 
-def throughput(db: Database, task: str, count: int) -> Throughput:
-    """A backlog of ``count`` tasks committed at once; first started_at to last finished_at."""
-    database.clear(db)
+def throughput(db: Database, task: str, count: int, since: datetime.datetime | None = None) -> Throughput:
+    """A backlog of ``count`` tasks committed at once; first started_at to last finished_at.
+
+    The rows of earlier runs are deleted first: all of them, or those enqueued since ``since``
+    (the rows before it are a history the run keeps, and leaves out of its figure).
+    """
+    database.clear(db, since)
     database.enqueue_backlog(db, task, count)
     database.wait_drained(db, timeout=60 + count * 0.1)
-    span = database.window(db)
+    span = database.window(db, since)
     if span.finished != count:
         raise BenchError(f"{span.finished} of {count} tasks finished")
     return Throughput(count, span.failed, span.seconds, count / span.seconds)

@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import psutil
 
+from benchkit.bigtable import TableFigures
 from benchkit.measure import Distribution, IdleCpu, Memory, Throughput
 
 MIB = 2**20
@@ -22,6 +24,8 @@ EXEC_RESTART_TARGET = 1000.0  # milliseconds, median: "well under a second"
 MEMORY_TARGET = 0.6  # supervisor tree / bare workers, USS
 IDLE_CPU_TARGET = 1.0  # percent of a core, the supervisor process
 THROUGHPUT_TARGETS = {"postgres": 3.0, "sqlite": 1.0}  # supervisor / bare
+CELERY_THROUGHPUT_TARGET = 1.0  # supervisor / Celery: "as fast as Celery on the same machine"
+BIGTABLE_SLOWDOWN = 0.10  # at most this much worse with the big table than with the empty one
 
 
 @dataclass
@@ -33,6 +37,7 @@ class Results:
     restart: dict[str, Distribution] = field(default_factory=dict)
     idle_cpu: dict[str, IdleCpu] = field(default_factory=dict)
     memory: dict[str, Memory] = field(default_factory=dict)
+    bigtable: dict[str, TableFigures] = field(default_factory=dict)  # "empty", "filled"
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -44,12 +49,38 @@ def throughput_key(engine: str, task: str, kind: str, processes: int) -> str:
     return f"{engine}/{task}/{kind}/{processes}"
 
 
+def celery_key(task: str, processes: int) -> str:
+    """Celery's throughput: the same figure is set against both databases' rows."""
+    return f"celery/{task}/{processes}"
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     figure: str
     bare: str
+    celery: str
     supervisor: str
+    verdict: str  # the supervisor against bare db_worker, and the target
+    celery_verdict: str  # the supervisor against Celery, and the target
+
+    def cells(self) -> tuple[str, ...]:
+        return (self.figure, self.bare, self.celery, self.supervisor, self.verdict, self.celery_verdict)
+
+
+HEAD = Row("figure", "bare db_worker", "Celery", "task-supervisor", "vs bare; target", "vs Celery; target")
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """The big table figure: the supervisor on an empty task table, then on a full one."""
+
+    figure: str
+    empty: str
+    filled: str
     verdict: str
+
+    def cells(self) -> tuple[str, ...]:
+        return (self.figure, self.empty, self.filled, self.verdict)
 
 
 def machine(versions: dict[str, str]) -> dict[str, Any]:
@@ -78,6 +109,15 @@ def _cpu_model() -> str:
 
 
 def header(info: dict[str, Any], processes: tuple[int, ...]) -> str:
+    if info.get("redis"):
+        celery = [
+            f"Celery {info['celery']}: prefork pool (--concurrency N), broker Redis {info['redis']} "
+            f"({info['redis_url']}), no result backend (task_ignore_result); Celery's defaults otherwise"
+        ]
+    elif info.get("celery_problem"):
+        celery = [f"Celery: not measured: {info['celery_problem']}"]
+    else:
+        celery = []  # no figure of this run has a Celery side
     return "\n".join(
         [
             f"task-supervisor {info['task_supervisor']} benchmark, {info['when']}",
@@ -86,8 +126,10 @@ def header(info: dict[str, Any], processes: tuple[int, ...]) -> str:
             f"Python {info['python']}, Django {info['django']}, django-tasks-db {info['django_tasks_db']}",
             f"databases: PostgreSQL {info['postgres']} (local TCP), SQLite {info['sqlite']}; "
             "Django defaults (CONN_MAX_AGE = 0)",
-            f"N = {', '.join(map(str, processes))}: bare db_worker processes vs supervisor children; "
-            "interval 1 s; pool defaults otherwise",
+            *celery,
+            f"N = {', '.join(map(str, processes))}: bare db_worker processes, supervisor children"
+            f"{', Celery pool children' if celery else ''}; db workers poll every 1 s; pool defaults otherwise",
+            "ratios are task-supervisor's figure divided by the other's",
         ]
     )
 
@@ -96,11 +138,36 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def _ratio(bare: float | None, supervisor: float | None) -> str:
-    if bare is None or supervisor is None or bare == 0:
+def _ratio(base: float | None, value: float | None) -> str:
+    if base is None or value is None or base == 0:
         return ""
-    ratio = supervisor / bare
+    ratio = value / base
     return f"{ratio:.3f}x" if ratio < 0.1 else f"{ratio:.2f}x"
+
+
+def _verdict(base: float | None, value: float | None, target: str = "", met: bool = False, failed: bool = False) -> str:
+    """The ratio value / base, and the target with whether the value met it."""
+    parts = [_ratio(base, value)]
+    if target:
+        parts.append(f"target {target}: {'met' if met and value is not None else 'MISSED'}")
+    if failed:
+        parts.append("not measured: see errors below")
+    return "; ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True, slots=True)
+class Versus:
+    """The supervisor against Celery on one line: Celery's value and the target, if any."""
+
+    value: float | None = None
+    target: str = ""
+    met: bool = False
+    failed: bool = False
+
+    def verdict(self, supervisor: float | None) -> str:
+        if self.value is None:
+            return "not measured: see errors below" if self.failed else ""
+        return _verdict(self.value, supervisor, self.target, self.met, self.failed)
 
 
 def _row(
@@ -111,14 +178,18 @@ def _row(
     met: bool = False,
     digits: int = 1,
     failed: bool = False,
+    celery: Versus | None = None,
 ) -> Row:
-    """One line: the two values, their ratio, and the target with whether the supervisor met it."""
-    parts = [_ratio(bare, supervisor)]
-    if target:
-        parts.append(f"target {target}: {'met' if met and supervisor is not None else 'MISSED'}")
-    if failed:
-        parts.append("not measured: see errors below")
-    return Row(figure, _fmt(bare, digits), _fmt(supervisor, digits), "; ".join(p for p in parts if p))
+    """One line: the values, the supervisor's ratios to bare and to Celery, and the targets."""
+    celery = celery or Versus()
+    return Row(
+        figure,
+        _fmt(bare, digits),
+        "" if celery.value is None and not celery.failed else _fmt(celery.value, digits),
+        _fmt(supervisor, digits),
+        _verdict(bare, supervisor, target, met, failed),
+        celery.verdict(supervisor),
+    )
 
 
 def _failed(results: Results, *keys: str) -> bool:
@@ -133,6 +204,9 @@ def latency_rows(results: Results, processes: tuple[int, ...], mode: str, title:
         keys = [latency_key(kind, n, mode) for kind in ("bare", "supervisor")]
         bare, sup = (results.latency.get(key) for key in keys)
         failed = _failed(results, *(f"latency/{key}" for key in keys))
+        # Celery has no run_after figure; its after_enqueue figure comes from its "now" run.
+        celery = results.latency.get(latency_key("celery", n, mode)) if mode != "run_after" else None
+        celery_failed = mode != "run_after" and _failed(results, f"latency/{latency_key('celery', n, 'now')}")
         if bare is None and sup is None and not failed:
             continue
         for stat in stats:
@@ -142,7 +216,10 @@ def latency_rows(results: Results, processes: tuple[int, ...], mode: str, title:
             figure = f"{title} N={n}, {stat} (ms{samples})"
             target = f"<= {limit:g} ms" if limit is not None else ""
             met = value is not None and limit is not None and value <= limit
-            rows.append(_row(figure, getattr(bare, stat) if bare else None, value, target, met, failed=failed))
+            versus = Versus(getattr(celery, stat) if celery else None, failed=celery_failed)
+            rows.append(
+                _row(figure, getattr(bare, stat) if bare else None, value, target, met, failed=failed, celery=versus)
+            )
     return rows
 
 
@@ -160,7 +237,47 @@ def throughput_rows(results: Results, engine: str, label: str, task: str, proces
         tasks = sup.tasks if sup else bare.tasks if bare else 0
         met = b is not None and s is not None and s >= goal * b
         figure = f"throughput {label} {task} N={n} (tasks/s, {tasks} tasks)"
-        rows.append(_row(figure, b, s, f">= {goal:g}x", met, failed=failed))
+        versus = _celery_throughput(results, task, n, s)
+        rows.append(_row(figure, b, s, f">= {goal:g}x", met, failed=failed, celery=versus))
+    return rows
+
+
+def _celery_throughput(results: Results, task: str, n: int, supervisor: float | None) -> Versus:
+    found = results.throughput.get(celery_key(task, n))
+    c = found.per_second if found else None
+    met = c is not None and supervisor is not None and supervisor >= CELERY_THROUGHPUT_TARGET * c
+    target = f">= {CELERY_THROUGHPUT_TARGET:g}x"
+    return Versus(c, target, met, _failed(results, celery_key(task, n)))
+
+
+def _complete(figures: TableFigures | None) -> TableFigures | None:
+    return figures if figures is not None and figures.complete else None
+
+
+def bigtable_rows(results: Results) -> list[HistoryRow]:
+    """Throughput and pickup latency with the big table against the empty one; ratio full / empty."""
+    empty, filled = (_complete(results.bigtable.get(key)) for key in ("empty", "filled"))
+    failed = _failed(results, "bigtable/empty", "bigtable/filled", "bigtable/emptied")
+    if empty is None and filled is None and not failed:
+        return []
+    slower, faster = 1 + BIGTABLE_SLOWDOWN, 1 - BIGTABLE_SLOWDOWN  # the worst allowed latency, throughput
+
+    def row(figure: str, e: float | None, f: float | None, target: str = "", met: bool = False) -> HistoryRow:
+        return HistoryRow(figure, _fmt(e), _fmt(f), _verdict(e, f, target, met, failed))
+
+    known = filled or empty
+    assert known is not None or failed
+    e = empty.throughput.per_second if empty else None
+    f = filled.throughput.per_second if filled else None
+    runs = f"{known.throughput.tasks} tasks, best of {len(known.runs)}" if known else "tasks"
+    met = e is not None and f is not None and f >= e * faster
+    rows = [row(f"noop throughput (tasks/s, {runs})", e, f, f">= {faster:g}x", met)]
+    for stat in ("p50", "p99", "max"):
+        e, f = (getattr(x.latency, stat) if x else None for x in (empty, filled))
+        samples = f", {known.latency.samples} samples" if known and stat == "p50" else ""
+        target = f"<= {slower:g}x" if stat != "max" else ""
+        met = e is not None and f is not None and f <= e * slower
+        rows.append(row(f"pickup latency {stat} (ms{samples})", e, f, target, met))
     return rows
 
 
@@ -209,23 +326,40 @@ def resource_rows(results: Results, processes: int) -> list[Row]:
     return rows
 
 
-def table(rows: list[Row]) -> str:
-    head = Row("figure", "bare db_worker", "task-supervisor", "ratio; target")
-    widths = [max(len(getattr(r, f)) for r in [head, *rows]) for f in ("figure", "bare", "supervisor", "verdict")]
+def table(lines: Sequence[Sequence[str]], align: str) -> str:
+    """Columns padded to their widest cell; ``align`` has one "<" or ">" per column."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(align))]
 
-    def line(r: Row) -> str:
-        return f"{r.figure:<{widths[0]}}  {r.bare:>{widths[1]}}  {r.supervisor:>{widths[2]}}  {r.verdict}".rstrip()
+    def text(line: Sequence[str]) -> str:
+        return "  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(line, align, widths, strict=True)).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(head), rule, *map(line, rows)])
+    return "\n".join([text(lines[0]), rule, *map(text, lines[1:])])
 
 
-def write_json(path: Path, info: dict[str, Any], plan: Any, results: Results, rows: list[Row]) -> None:
+def main_table(rows: list[Row]) -> str:
+    return table([r.cells() for r in [HEAD, *rows]], "<>>><<")
+
+
+def bigtable_table(rows: list[HistoryRow], filler: int, processes: int) -> str:
+    """Its own table under the main one: the columns are the table's two states."""
+    title = (
+        f"the task table empty (before the fill and after emptying it, half each) vs with {filler:,} finished rows: "
+        f"PostgreSQL, task-supervisor N={processes}; ratio = full / empty"
+    )
+    head = HistoryRow("figure", "empty table", f"{filler:,} rows", "ratio; target")
+    return title + "\n\n" + table([r.cells() for r in [head, *rows]], "<>><")
+
+
+def write_json(
+    path: Path, info: dict[str, Any], plan: Any, results: Results, rows: list[Row], history: list[HistoryRow]
+) -> None:
     data = {
         "machine": info,
         "plan": asdict(plan),
         "results": asdict(results),
         "table": [asdict(r) for r in rows],
+        "bigtable": [asdict(r) for r in history],
     }
     path.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
 
