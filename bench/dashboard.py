@@ -18,6 +18,7 @@ import sys
 import time
 
 from benchkit import testproject
+from benchkit.database import PG_FINISHED_ROWS
 
 from tests.support import use_database
 
@@ -30,17 +31,11 @@ REQUESTS = {
 }
 SPAN_S = 7 * 86400  # finished rows spread over this many seconds before now
 
-PG_FILL = """
-INSERT INTO {table} (id, status, enqueued_at, started_at, finished_at, args_kwargs, priority, task_path,
-                     worker_ids, queue_name, backend_name, run_after, return_value, exception_class_path, traceback)
-SELECT gen_random_uuid(), CASE WHEN g %% 33 = 0 THEN 'FAILED' ELSE 'SUCCESSFUL' END,
-       now() - make_interval(secs => g * %(step)s + 1), now() - make_interval(secs => g * %(step)s),
-       now() - make_interval(secs => g * %(step)s - 0.01), '{{"args": [], "kwargs": {{}}}}'::jsonb, 0,
-       'benchapp.tasks.t' || (g %% 20), '["bench:default:0:1"]'::jsonb, 'q' || (g %% 5), 'default',
-       '9999-01-01 00:00:00+00', NULL, CASE WHEN g %% 33 = 0 THEN 'builtins.ValueError' ELSE '' END,
-       CASE WHEN g %% 33 = 0 THEN E'Traceback (most recent call last):\\nValueError: boom' ELSE '' END
-FROM generate_series(1, %(rows)s) AS g
-"""
+PG_FILL = {  # PG_FINISHED_ROWS's expressions: 20 task paths over 5 queues
+    "task_path": "'benchapp.tasks.t' || (g %% 20)",
+    "worker_ids": """'["bench:default:0:1"]'::jsonb""",
+    "queue": "'q' || (g %% 5)",
+}
 
 SQLITE_FILL = """
 WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < %(rows)s)
@@ -71,7 +66,7 @@ def fill(engine: str, rows: int) -> None:
     from task_supervisor.models import MinuteFigures, NodeHeartbeat, NodeSnapshot
 
     table = connection.ops.quote_name(DBTaskResult._meta.db_table)
-    sql = (PG_FILL if engine == "postgres" else SQLITE_FILL).format(table=table)
+    sql = PG_FINISHED_ROWS.format(table=table, **PG_FILL) if engine == "postgres" else SQLITE_FILL.format(table=table)
     with connection.cursor() as cursor:
         cursor.execute(sql, {"rows": rows, "step": SPAN_S / rows})
     for n in range(200):

@@ -21,18 +21,11 @@ STATES = ("empty", "filled", "emptied")  # in this order; "emptied" adds to the 
 
 SPAN_S = 7 * 86400  # finished rows spread over this many seconds before now
 
-FILL = """
-INSERT INTO {table} (id, status, enqueued_at, started_at, finished_at, args_kwargs, priority, task_path,
-                     worker_ids, queue_name, backend_name, run_after, return_value, exception_class_path, traceback)
-SELECT gen_random_uuid(), CASE WHEN g %% 33 = 0 THEN 'FAILED' ELSE 'SUCCESSFUL' END,
-       now() - make_interval(secs => g * %(step)s + 1), now() - make_interval(secs => g * %(step)s),
-       now() - make_interval(secs => g * %(step)s - 0.01), '{{"args": [], "kwargs": {{}}}}'::jsonb, 0,
-       CASE WHEN g %% 2 = 0 THEN 'benchapp.tasks.noop' ELSE 'benchapp.tasks.work_10ms' END,
-       '["bench-history"]'::jsonb, 'default', 'default', '9999-01-01 00:00:00+00', NULL,
-       CASE WHEN g %% 33 = 0 THEN 'builtins.ValueError' ELSE '' END,
-       CASE WHEN g %% 33 = 0 THEN E'Traceback (most recent call last):\\nValueError: boom' ELSE '' END
-FROM generate_series(1, %(rows)s) AS g
-"""
+FILL = {  # PG_FINISHED_ROWS's expressions: two task paths, one queue
+    "task_path": "CASE WHEN g %% 2 = 0 THEN 'benchapp.tasks.noop' ELSE 'benchapp.tasks.work_10ms' END",
+    "worker_ids": """'["bench-history"]'::jsonb""",
+    "queue": "'default'",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +82,6 @@ def fill(db: Database, rows: int) -> datetime.datetime:
     table = connection.ops.quote_name(DBTaskResult._meta.db_table)
     filled_before = timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute(FILL.format(table=table), {"rows": rows, "step": SPAN_S / rows})
+        cursor.execute(database.PG_FINISHED_ROWS.format(table=table, **FILL), {"rows": rows, "step": SPAN_S / rows})
         cursor.execute(f"VACUUM (ANALYZE) {table}")
     return filled_before

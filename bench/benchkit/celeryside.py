@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from benchkit import harness
@@ -108,7 +107,7 @@ class Broker:
                     client.zrem(deadlines, *ours)
 
 
-class CeleryWorkers:
+class CeleryWorkers(harness.Started):
     """`celery worker --pool prefork --concurrency N`: a main process and N pool children."""
 
     kind = "celery"
@@ -120,18 +119,6 @@ class CeleryWorkers:
         self.log = workspace / f"{name}.log"
         self.stamps = workspace / f"{name}-stamps"
         self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> CeleryWorkers:
-        try:
-            self.start()
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
 
     def start(self) -> None:
         shutil.rmtree(self.stamps, ignore_errors=True)

@@ -29,6 +29,22 @@ POLL_INTERVAL = 0.01  # seconds between looks at a row the driver waits for
 TASKS = {"noop": "benchapp.tasks.noop", "10ms": "benchapp.tasks.work_10ms"}
 
 
+# A million finished rows in one statement (bench/dashboard.py, the bigtable figure): one in 33
+# FAILED, spread over %(step)s-second steps back from now; {task_path}, {worker_ids} and {queue}
+# are SQL expressions of g, the row's number.
+PG_FINISHED_ROWS = """
+INSERT INTO {table} (id, status, enqueued_at, started_at, finished_at, args_kwargs, priority, task_path,
+                     worker_ids, queue_name, backend_name, run_after, return_value, exception_class_path, traceback)
+SELECT gen_random_uuid(), CASE WHEN g %% 33 = 0 THEN 'FAILED' ELSE 'SUCCESSFUL' END,
+       now() - make_interval(secs => g * %(step)s + 1), now() - make_interval(secs => g * %(step)s),
+       now() - make_interval(secs => g * %(step)s - 0.01), '{{"args": [], "kwargs": {{}}}}'::jsonb, 0,
+       {task_path}, {worker_ids}, {queue}, 'default', '9999-01-01 00:00:00+00', NULL,
+       CASE WHEN g %% 33 = 0 THEN 'builtins.ValueError' ELSE '' END,
+       CASE WHEN g %% 33 = 0 THEN E'Traceback (most recent call last):\\nValueError: boom' ELSE '' END
+FROM generate_series(1, %(rows)s) AS g
+"""
+
+
 class BenchError(Exception):
     """A measurement could not be taken; the message says why."""
 

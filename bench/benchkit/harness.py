@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import psutil
 
@@ -96,22 +96,11 @@ def tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-class Workers:
-    """N processes that run tasks, and whatever manages them; a context manager that stops them."""
+class Started:
+    """A context manager that starts something and waits until it is up (stopping it again if it
+    does not come up), and stops it on the way out."""
 
-    kind = ""
-
-    def __init__(self, db: Database, processes: int, workspace: Path, name: str) -> None:
-        self.db = db
-        self.processes = processes
-        self.workspace = workspace
-        self.name = name
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def log(self, index: int = 0) -> Path:
-        return self.workspace / f"{self.name}-{index}.log"
-
-    def __enter__(self) -> Workers:
+    def __enter__(self) -> Self:
         try:
             self.start()
             self.wait_ready()
@@ -128,6 +117,26 @@ class Workers:
 
     def wait_ready(self) -> None:
         raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class Workers(Started):
+    """N processes that run tasks, and whatever manages them; a context manager that stops them."""
+
+    kind = ""
+
+    def __init__(self, db: Database, processes: int, workspace: Path, name: str) -> None:
+        self.db = db
+        self.processes = processes
+        self.workspace = workspace
+        self.name = name
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def log(self, index: int = 0) -> Path:
+        return self.workspace / f"{self.name}-{index}.log"
+
 
     def main_pid(self) -> int | None:
         """The managing process (the supervisor), if there is one."""
