@@ -250,7 +250,9 @@ def _saving_through(method: Any, updates: Updates) -> Any:
         try:
             return method(row, *args, **kwargs)
         finally:
-            del row.save
+            # popped, not deleted: flow control's claim wrapper (worker/flow.py), inside this one,
+            # sets and deletes its own row.save too.
+            vars(row).pop("save", None)
 
     fast.task_supervisor_slow = method  # type: ignore[attr-defined]
     return fast

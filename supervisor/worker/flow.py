@@ -317,7 +317,7 @@ def _wrap_claim(model: Any) -> None:
         try:
             return original(row, *args, **kwargs)
         finally:
-            del row.save
+            vars(row).pop("save", None)  # popped: an outer wrapper (worker/fastpath.py) pops its own
 
     claim_at.task_supervisor_unwrapped = original  # type: ignore[attr-defined]
     model.claim = claim_at

@@ -124,7 +124,7 @@ class Reports:
 def limited(db: Database) -> Any:
     """Installs the guard with the limits given; restores the backend's own claim afterwards."""
     from task_supervisor import compat
-    from task_supervisor.worker import flow, rowguard
+    from task_supervisor.worker import fastpath, flow, rowguard
 
     backend = compat.resolve("default")
     reports = Reports()
@@ -132,11 +132,13 @@ def limited(db: Database) -> Any:
     def install(*limits: FlowLimit) -> Reports:
         guard = flow.install(backend, limits, reports)
         assert guard is not None
+        fastpath.install(backend)  # as a child does: on PostgreSQL the claim writes through it
         rowguard.install(backend.model, pick=guard.pick)
         return reports
 
     yield install
     rowguard.install(backend.model)
+    fastpath.uninstall(backend.model)
     backend.model.claim = getattr(backend.model.claim, "task_supervisor_unwrapped", backend.model.claim)
     backend.signals.task_finished.disconnect(dispatch_uid="task_supervisor_flow_finished")
 

@@ -14,6 +14,13 @@ except ImportError:  # Django < 6
     from django_tasks import task
 
 
+def mark(marker: str) -> None:
+    """Write this process's pid to ``marker``, so a test knows the task has started: written
+    aside and renamed, so a test that sees the file never reads it empty."""
+    Path(f"{marker}.part").write_text(str(os.getpid()))
+    os.replace(f"{marker}.part", marker)
+
+
 @task()
 def noop() -> None:
     return None
@@ -31,9 +38,9 @@ def report(n: int) -> str:
 
 @task()
 def sleep(seconds: float, marker: str = "") -> float:
-    """Sleep; with a marker path, touch it first so a test knows the task has started."""
+    """Sleep; with a marker path, write this process's pid there first (``mark``)."""
     if marker:
-        Path(marker).write_text(str(os.getpid()))
+        mark(marker)
     time.sleep(seconds)
     return seconds
 
@@ -67,7 +74,7 @@ def stubborn(seconds: float, marker: str = "") -> str:
     from task_supervisor import TaskCancelled, TaskTimeout
 
     if marker:
-        Path(marker).write_text(str(os.getpid()))
+        mark(marker)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
@@ -140,7 +147,7 @@ def hold(marker: str, release: str, timeout: float = 60.0) -> str:
 
     The fencing tests take the row from its worker while the task waits.
     """
-    Path(marker).write_text(str(os.getpid()))
+    mark(marker)
     deadline = time.monotonic() + timeout
     while not Path(release).exists():
         if time.monotonic() > deadline:
