@@ -16,7 +16,7 @@ compiled once and run again with fresh values:
   signals are sent around it, as ``save()`` would.
 
 Only on PostgreSQL, and only for querysets whose compiled form holds exactly one "now": anything
-else keeps the ORM's way (``Pick.sql_for`` returns None). The statements still go through
+else keeps the ORM's way (``Pick._compile`` returns None). The statements still go through
 Django's cursor, so execute wrappers, debug logging and error wrapping see them.
 """
 
