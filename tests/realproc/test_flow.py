@@ -144,8 +144,9 @@ def test_a_busy_key_does_not_block_the_queue_behind_it(
     wait_finished(46, sups, 30)  # ...which runs one at a time, after every unlimited task finished
     starts = sorted(hot_rows.values_list("started_at", flat=True))
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
-    # One at a time, and each next one started when the previous finished, not at a 5 s poll.
-    assert all(0.5 <= gap < 2.0 for gap in gaps), gaps
+    # One at a time (0.5 s each), and each next one started when the previous finished, not at
+    # the next 5 s poll; under a loaded machine a start came 2.2 s after the one before.
+    assert all(0.5 <= gap < 4.0 for gap in gaps), gaps
 
 
 RATE = f"""
