@@ -118,6 +118,12 @@ class SupervisorConfig:
     control_socket: str = ""  # "" -> control.default_socket_path(node)
     log_format: str = "text"
     hung_after: float = 30.0  # seconds an idle child may leave a ping unanswered
+    # Seconds between an idle child's polls while notices of new tasks are known to arrive
+    # (PostgreSQL, LISTEN up, its probe heard); 0: always the pool's interval.
+    safety_poll: float = 60.0
+    # The Django database alias the LISTEN connection opens (a direct one, when the tasks'
+    # alias goes through PgBouncer in transaction pooling); "": the tasks' own alias.
+    listen_database: str = ""
 
     @property
     def beat_interval(self) -> float:
@@ -353,6 +359,8 @@ def _read_supervisor(table: dict[str, Any], problems: list[str]) -> SupervisorCo
     control_socket = r.get("control_socket", "", _as_str, "a file path")
     log_format = r.get("log_format", "text", _choice(LOG_FORMATS), '"text" or "json"')
     hung_after = r.get("hung_after", 30.0, parse_duration, "a duration")
+    safety_poll = r.get("safety_poll", 60.0, parse_duration, "a duration")
+    listen_database = r.get("listen_database", "", _as_str, "a Django database alias")
     r.finish()
     config = SupervisorConfig(
         node=node,
@@ -362,6 +370,8 @@ def _read_supervisor(table: dict[str, Any], problems: list[str]) -> SupervisorCo
         control_socket=control_socket,
         log_format=log_format,
         hung_after=hung_after,
+        safety_poll=safety_poll,
+        listen_database=listen_database,
     )
     if node_timeout is not None and node_timeout < MIN_NODE_TIMEOUT:
         r.fail(

@@ -328,7 +328,7 @@ def resume(
 
 
 def _wake(be: Any, queues: Sequence[str]) -> None:
-    """PostgreSQL: the same notice as a new READY row, so each supervisor wakes an idle child."""
+    """PostgreSQL: a notice without a task id, so each supervisor wakes an idle child."""
     import json
 
     from django.db import connections
@@ -338,7 +338,7 @@ def _wake(be: Any, queues: Sequence[str]) -> None:
         return
     with connection.cursor() as cursor:
         for queue in queues:
-            payload = json.dumps({"q": queue, "at": 0, "id": f"resume-{uuid.uuid4()}"})
+            payload = json.dumps({"q": queue})  # no task id: every node wakes a child
             cursor.execute("SELECT pg_notify('task_supervisor_ready', %s)", [payload])
 
 

@@ -43,6 +43,9 @@ CHORES_DEADLINE = 2.5  # seconds one turn of chores may block the loop (each sta
 # under a worker id no live child has: found by the first sweep after its claim is visible, and
 # finished on the next turn (later only while the database fails, when every chore waits).
 SWEEP_INTERVAL = 5.0
+# A node whose heartbeat is older than this many beat intervals is left out of the fleet that
+# shares wake-ups (loop/fleet.py): late by one beat, not yet dead.
+FLEET_FRESH_BEATS = 2.5
 EXITS_KEPT = 10_000  # worker ids of exited children remembered for the sweep's verdict
 CANCELLED = "task_supervisor.TaskCancelled"  # never retried
 
@@ -85,6 +88,11 @@ class Janitor:
         self.figures = Figures(config.supervisor.node, clock)
         self.flow = FlowCensus(clock, self.stats)  # [limits]: what each key holds back
         self.publish: Callable[[], dict[str, Any]] | None = None  # the loop's status, for the dashboard
+        # (queues served, idle children) told with each heartbeat; the fleet read back with it:
+        # (node, queues, idle) of each live node, None before the first beat
+        self.presence: Callable[[], tuple[list[str], int]] | None = None
+        self.fleet: list[tuple[str, list[str], int]] | None = None
+        self.depth_readings = 0  # READY depths read so far (the loop's backlog wake follows them)
         if not self.heartbeats:
             log.warning(
                 "Node heartbeats and dead-node recovery are off: add 'task_supervisor' to INSTALLED_APPS "
@@ -323,6 +331,7 @@ class Janitor:
                 oldest[queue] = max(oldest.get(queue, 0.0), age)
         self.stats.queue_depth = depth
         self.stats.oldest_ready_age = oldest
+        self.depth_readings += 1
 
     def _renew_lease(self, now: float, pools: list[str]) -> bool:
         """Send the heartbeat, which renews this node's lease, in an attempt of its own; True when
@@ -338,12 +347,15 @@ class Janitor:
         sent_at = self.clock()  # the database stamps the beat no earlier: the lease counts from here
         try:
             with timebox(CHORES_DEADLINE, "the heartbeat", self.aliases()):
-                recovery.beat(self.node, pools, self.started_at, backend, self._published())
+                presence = self.presence() if self.presence is not None else ([], 0)
+                fresh = FLEET_FRESH_BEATS * self.config.supervisor.beat_interval
+                fleet = recovery.beat(self.node, pools, self.started_at, backend, self._published(), presence, fresh)
         except Exception as exc:  # a database error of any driver: retry with the chores' backoff
             self._chores_failed(now, exc)
             self.next_beat = self.retry_at
             return True
         self.lease_sent_at = sent_at
+        self.fleet = fleet
         self.next_beat = now + self.config.supervisor.beat_interval
         self.last_beat = timezone.now().isoformat()
         return True

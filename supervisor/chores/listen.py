@@ -13,9 +13,10 @@ import contextlib
 import heapq
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from task_supervisor import events
@@ -31,37 +32,69 @@ RECONNECT_MIN = 1.0  # seconds
 RECONNECT_MAX = 30.0
 CONNECT_DEADLINE = 2.0  # seconds opening the connection may block the loop
 FAR_FUTURE = 10 * 365 * 86400.0  # run_after beyond this is the backend's "no run_after" marker
+PROBE_EVERY = 10.0  # seconds between probes of the notices' path
+PROBE_GRACE = 2.0  # seconds a probe may take to come back before pickup counts as broken
+TRIGGER = "task_supervisor_notify_ready"
 
 
 @dataclass(frozen=True, slots=True)
-class Ready:
+class Notice:
     queue: str
-    at: float | None  # wall-clock epoch seconds when it may run; None: now
+    task_id: str | None  # None: for every node (a queue resumed, a limited slot freed)
+    hop: int = 0  # how many nodes passed it on (loop/fleet.py)
+    at: float | None = None  # wall-clock epoch seconds when it may run; None: now
+
+    def passed(self) -> Notice:
+        return replace(self, hop=self.hop + 1, at=None)
+
+    def payload(self) -> str:
+        return json.dumps({"q": self.queue, "id": self.task_id, "hop": self.hop})
 
 
-def parse_payload(payload: str, now_wall: float) -> Ready | None:
+def parse_payload(payload: str, now_wall: float) -> Notice | str | None:
+    """A notice, a probe's token (str), or None for a payload that is neither."""
     try:
         data = json.loads(payload)
+        if "probe" in data:
+            return str(data["probe"])
         queue = str(data["q"])
     except (ValueError, KeyError, TypeError):
         return None
+    task_id = data.get("id")
+    hop = data.get("hop")
+    notice = Notice(queue, None if task_id is None else str(task_id), hop if isinstance(hop, int) else 0)
     at = data.get("at")
     if not isinstance(at, int | float) or at <= now_wall or at - now_wall > FAR_FUTURE:
-        return Ready(queue, None)
-    return Ready(queue, float(at))
+        return notice
+    return replace(notice, at=float(at))
 
 
 class ReadyListener:
-    """One LISTEN connection; ``poll()`` returns queues that have a task ready now."""
+    """One LISTEN connection; ``read()`` returns the notices of tasks ready now.
 
-    def __init__(self, backend: TaskBackend, wall: Callable[[], float] = time.time) -> None:
+    Whether notices really arrive is checked end to end, not assumed: every PROBE_EVERY the
+    listener sends a probe notice of its own through the tasks' database alias (the connection
+    the children use, through PgBouncer if they do) and ``confirmed()`` holds only while the
+    latest probe came back. A LISTEN made through a pooler in transaction mode, a missing
+    trigger or a silently broken connection therefore never leaves children polling slowly.
+    """
+
+    def __init__(self, backend: TaskBackend, listen_alias: str = "", wall: Callable[[], float] = time.time) -> None:
         self.backend = backend
+        self.listen_alias = listen_alias or backend.db_alias
         self.wall = wall
         self.conn: Any = None
         self.driver = ""
         self.retry_at = 0.0
         self.backoff = Backoff(RECONNECT_MIN, RECONNECT_MAX)
-        self.later: list[tuple[float, str]] = []  # heap of (epoch, queue) for run_after rows
+        self.later: list[tuple[float, int, Notice]] = []  # heap of (epoch, n, notice) for run_after rows
+        self.pushed = 0
+        self.trigger = False  # the READY trigger is installed (checked at each connect)
+        self.token = secrets.token_hex(6)
+        self.sent = 0  # probes sent, and when the last was
+        self.sent_at = float("-inf")
+        self.heard = 0  # the last probe heard back
+        self.next_probe = 0.0
 
     def fileno(self) -> int | None:
         if self.conn is None:
@@ -74,7 +107,7 @@ class ReadyListener:
 
         if self.conn is not None or now < self.retry_at:
             return self.conn is not None
-        wrapper = connections[self.backend.db_alias]
+        wrapper = connections[self.listen_alias]
         conn = None
         try:
             with timebox(CONNECT_DEADLINE, "opening the LISTEN connection"):
@@ -82,10 +115,10 @@ class ReadyListener:
                 self.driver = type(conn).__module__.split(".")[0]
                 if self.driver == "psycopg2":
                     conn.set_isolation_level(0)
-                    conn.cursor().execute(f"LISTEN {CHANNEL}")
                 else:
                     conn.autocommit = True
-                    conn.execute(f"LISTEN {CHANNEL}")
+                self._execute(conn, f"LISTEN {CHANNEL}")
+                found = self._execute(conn, "SELECT 1 FROM pg_trigger WHERE tgname = %s", [TRIGGER])
         except Exception as exc:
             log.warning(
                 "Cannot LISTEN for new tasks (polling meanwhile): %s",
@@ -98,12 +131,87 @@ class ReadyListener:
             self.retry_at = now + self.backoff.failed()
             return False
         self.conn = conn
+        self.trigger = bool(found)
+        self.next_probe = now
         self.backoff.succeeded()
-        log.info("Listening for new tasks on %s", CHANNEL, extra={"event": events.LISTENING})
+        if not self.trigger:
+            log.warning(
+                "Listening on %s, but the trigger that announces new tasks is missing: run "
+                "'manage.py migrate task_supervisor'; children poll at their interval meanwhile",
+                CHANNEL,
+                extra={"event": events.LISTEN_NO_TRIGGER},
+            )
+        else:
+            log.info("Listening for new tasks on %s", CHANNEL, extra={"event": events.LISTENING})
         return True
 
-    def read(self) -> list[str]:
-        """Queues whose tasks may run now, from notices received (call when readable)."""
+    def _execute(self, conn: Any, sql: str, params: list[Any] | None = None) -> list[Any]:
+        """Run one statement on the LISTEN connection (autocommit); its rows, if any."""
+        cursor = conn.cursor()
+        try:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+        finally:
+            cursor.close()
+
+    # -- probes ----------------------------------------------------------------------------
+
+    def probe(self, now: float) -> bool:
+        """Send a probe through the tasks' alias when one is due; True if it tried (a database
+        call that may block up to its time box)."""
+        if self.conn is None or not self.trigger or now < self.next_probe:
+            return False
+        from django.db import connections
+
+        self.next_probe = now + PROBE_EVERY
+        payload = json.dumps({"probe": f"{self.token}:{self.sent + 1}"})
+        try:
+            with timebox(CONNECT_DEADLINE, "a probe of the LISTEN connection", [self.backend.db_alias]):
+                with connections[self.backend.db_alias].cursor() as cursor:
+                    cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload])
+        except Exception as exc:  # the database is in trouble: the chores say so; try again later
+            log.debug("Could not send a probe: %s", one_line(exc))
+            return True
+        self.sent += 1
+        self.sent_at = now
+        return True
+
+    def confirmed(self, now: float) -> bool:
+        """Do notices of new tasks reach this listener now? (The latest probe came back, or it
+        was sent less than PROBE_GRACE ago and the one before came back.)"""
+        if self.conn is None or not self.trigger or self.heard < 1:
+            return False
+        return self.heard >= self.sent or (self.heard == self.sent - 1 and now - self.sent_at < PROBE_GRACE)
+
+    def next_probe_due(self) -> float | None:
+        if self.conn is None or not self.trigger:
+            return None
+        due = self.next_probe
+        if self.heard < self.sent:
+            due = min(due, self.sent_at + PROBE_GRACE)
+        return due
+
+    def _heard(self, token: str) -> None:
+        mine, _, seq = token.rpartition(":")
+        if mine == self.token and seq.isdigit():
+            self.heard = max(self.heard, int(seq))
+
+    def send(self, notice: Notice) -> bool:
+        """Pass a notice on to the other nodes (on this connection: it is a direct one)."""
+        if self.conn is None:
+            return False
+        try:
+            self._execute(self.conn, "SELECT pg_notify(%s, %s)", [CHANNEL, notice.payload()])
+        except Exception as exc:
+            log.warning(
+                "LISTEN connection lost (polling meanwhile): %s", one_line(exc), extra={"event": events.LISTEN_LOST}
+            )
+            self.close()
+            return False
+        return True
+
+    def read(self) -> list[Notice]:
+        """Notices of tasks that may run now (call when readable); probes are taken in."""
         payloads: list[str] = []
         try:
             if self.driver == "psycopg2":
@@ -125,24 +233,25 @@ class ReadyListener:
             )
             self.close()
         now_wall = self.wall()
-        queues = []
+        notices = []
         for payload in payloads:
-            ready = parse_payload(payload, now_wall)
-            if ready is None:
-                continue
-            if ready.at is None:
-                queues.append(ready.queue)
-            else:
-                heapq.heappush(self.later, (ready.at, ready.queue))
-        return queues
+            parsed = parse_payload(payload, now_wall)
+            if isinstance(parsed, str):
+                self._heard(parsed)
+            elif parsed is not None and parsed.at is None:
+                notices.append(parsed)
+            elif parsed is not None and parsed.at is not None:
+                self.pushed += 1
+                heapq.heappush(self.later, (parsed.at, self.pushed, replace(parsed, at=None)))
+        return notices
 
-    def due(self) -> list[str]:
-        """Queues whose run_after has come."""
+    def due(self) -> list[Notice]:
+        """Notices of tasks whose run_after has come."""
         now_wall = self.wall()
-        queues = []
+        notices = []
         while self.later and self.later[0][0] <= now_wall:
-            queues.append(heapq.heappop(self.later)[1])
-        return queues
+            notices.append(heapq.heappop(self.later)[2])
+        return notices
 
     def next_due_in(self) -> float | None:
         """Seconds until the next run_after comes, if any."""
@@ -158,3 +267,5 @@ class ReadyListener:
                 pass
         self.conn = None
         self.retry_at = 0.0
+        self.trigger = False
+        self.heard = self.sent = 0

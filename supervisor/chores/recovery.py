@@ -307,24 +307,46 @@ def heartbeats_installed() -> bool:
 
 
 def beat(
-    node: str, pools: list[str], started_at: Any, backend: TaskBackend, snapshot: dict[str, Any] | None = None
-) -> None:
+    node: str,
+    pools: list[str],
+    started_at: Any,
+    backend: TaskBackend,
+    snapshot: dict[str, Any] | None = None,
+    presence: tuple[list[str], int] = ([], 0),
+    fresh: float | None = None,
+) -> list[tuple[str, list[str], int]]:
     """Record that this node is alive (one row per node), stamped with the database's clock, and
-    publish ``snapshot`` (chores/publish.py) for the dashboard in the same transaction."""
+    publish ``snapshot`` (chores/publish.py) for the dashboard in the same transaction.
+
+    ``presence`` is (queues served, idle children). With ``fresh`` (seconds), the same transaction
+    reads back the nodes whose heartbeat is younger than that: (node, queues, idle) each.
+    """
     from django.db.models.functions import Now
 
     from task_supervisor.models import NodeHeartbeat, NodeSnapshot
 
+    queues, idle = presence
     set_sqlite_busy_timeout(backend)
     with bounded(backend):
         NodeHeartbeat.objects.update_or_create(
             node=node,
-            defaults={"pid": os.getpid(), "pools": pools, "started_at": started_at, "last_seen": Now()},
+            defaults={
+                "pid": os.getpid(),
+                "pools": pools,
+                "started_at": started_at,
+                "last_seen": Now(),
+                "queues": queues,
+                "idle": idle,
+            },
         )
         if snapshot is not None:
             NodeSnapshot.objects.update_or_create(
                 node=node, defaults={"snapshot": snapshot, "last_seen": Now(), "stopped_at": None}
             )
+        if fresh is None:
+            return []
+        rows = NodeHeartbeat.objects.exclude(_older_than(fresh)).values_list("node", "queues", "idle")
+        return [(n, list(q) if isinstance(q, list) else [], int(i or 0)) for n, q, i in rows]
 
 
 def mark_stopped(node: str) -> None:

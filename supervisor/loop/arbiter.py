@@ -27,12 +27,14 @@ from task_supervisor.compat import TaskBackend
 from task_supervisor.config import Config, PoolConfig
 from task_supervisor.loop import reload, reports, signals, status
 from task_supervisor.loop.child import Child, describe_status
+from task_supervisor.loop.fleet import Fleet
 from task_supervisor.loop.flow import FlowWakes
 from task_supervisor.loop.lease import Lease
 from task_supervisor.loop.limits import Limits
 from task_supervisor.loop.liveness import Liveness
 from task_supervisor.loop.lostpolicy import DeadChild, lost_task
 from task_supervisor.loop.phase import Phase
+from task_supervisor.loop.pickup import Pickup
 from task_supervisor.loop.pool import Pool, Slot, serves
 from task_supervisor.loop.proc import ProcessCalls
 from task_supervisor.loop.scaling import Autoscaler
@@ -91,8 +93,17 @@ class Supervisor:
         self.lease = Lease(config.supervisor.node_timeout, enabled=bool(self.janitor and self.janitor.heartbeats))
         self.lease_seen: float | None = None  # the janitor's last renewal the lease took
         self.liveness = Liveness(self.stats, self.calls)
-        self.wakeups = Wakeups(_listeners(backends or {}), self.selector, lambda: self.pools.values(), clock)
+        self.wakeups = Wakeups(
+            _listeners(backends or {}, config.supervisor.listen_database),
+            self.selector,
+            lambda: self.pools.values(),
+            clock,
+            Fleet(config.supervisor.node),
+        )
         self.flow = FlowWakes(self.wakeups.wake_one)  # children waiting on [limits]
+        self.pickup = Pickup(
+            self.wakeups, self.janitor, self.stats, config.supervisor.safety_poll, lambda: self.pools.values(), self.rng
+        )
         self.servers: list[endpoints._Server] = []
         self.scheduling = SchedulerUnit(schedules, self.stats)
         self.set_scheduler(config.scheduler.enabled)
@@ -158,6 +169,7 @@ class Supervisor:
             self.take_renewal()
             # Operators' cancels of tasks our children run: TaskCancelled raised in them.
             self.limits.cancel(now, self.children.values(), cancels or [], self.config)
+        self.pickup.tick(now, self.children.values(), [*self.flow.waiting, *self.flow.due])
 
     def take_renewal(self) -> None:
         """A heartbeat went through: the lease holds node_timeout from when it was sent."""
@@ -420,15 +432,16 @@ class Supervisor:
         self.stop_children(self.scheduling.set(enabled), self.clock())
 
 
-def _listeners(backends: dict[str, TaskBackend]) -> list[ReadyListener]:
-    """One LISTEN connection per PostgreSQL database the pools use."""
+def _listeners(backends: dict[str, TaskBackend], listen_alias: str = "") -> list[ReadyListener]:
+    """One LISTEN connection per PostgreSQL database the pools use (opened through
+    ``listen_alias`` when the config names one: a direct connection beside PgBouncer)."""
     from django.db import connections
 
     seen: dict[str, TaskBackend] = {}
     for backend in backends.values():
         if connections[backend.db_alias].vendor == "postgresql":
             seen.setdefault(backend.db_alias, backend)
-    return [ReadyListener(backend) for backend in seen.values()]
+    return [ReadyListener(backend, listen_alias) for backend in seen.values()]
 
 
 def _close(fd: int) -> None:

@@ -71,6 +71,8 @@ def describe_status(status: int, killed_for: str | None = None) -> str:
     return f"exited with code {code}"
 
 
+WAKE_ANSWER = 1.0  # seconds a woken child counts as busy claiming, unless it reports first
+
 EXIT_EVENTS = {
     ExitReason.STOPPED: events.CHILD_STOPPED,
     ExitReason.RECYCLED: events.CHILD_RECYCLED,
@@ -109,6 +111,7 @@ class Child:
         self.killed_for_timeout: RunningTask | None = None
         self.recycle_after_task = False  # passed max_memory while busy
         self.woken_at = 0.0  # monotonic time of the last wake sent
+        self.claimed_at = 0.0  # monotonic time of its last claim attempt's report (a start, none found)
         self.heard_at = now  # monotonic time of its last report: liveness
         self.ping_sent_at: float | None = None  # a ping not answered yet
         self.ping_seq = 0
@@ -144,6 +147,8 @@ class Child:
     ) -> None:
         event = message.get("event")
         self.heard_at = now
+        if event in (protocol.TASK_STARTED, protocol.EMPTY, protocol.HELD):
+            self.claimed_at = now
         if event == protocol.PONG:
             if message.get("seq") == self.ping_seq:
                 self.ping_sent_at = None
@@ -180,6 +185,11 @@ class Child:
         self.timed_out = task
         if control.send_timeout(self.control_fd, task.task_id, task.timeout):
             self.signal(control.TIMEOUT_SIGNAL)
+
+    def claiming(self, now: float) -> bool:
+        """Woken and not yet reported its claim (within WAKE_ANSWER: a claim held back by a
+        lost lease reports nothing)."""
+        return self.woken_at > self.claimed_at and now - self.woken_at < WAKE_ANSWER
 
     def wake(self, now: float) -> None:
         """Cut its wait between polls short: a task is READY for it."""

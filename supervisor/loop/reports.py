@@ -63,6 +63,8 @@ def on_message(sup: Supervisor, child: Child, message: dict, now: float) -> None
         )
     elif event == protocol.TASK_FINISHED:
         on_task_finished(sup, child, message, before, now)
+    elif event == protocol.EMPTY:
+        sup.stats.empty_claims[child.spec.pool] += 1
     elif event == protocol.HELD:
         sup.stats.held_claims[child.spec.pool] += 1
         sup.flow.on_held(message, now, sup.wall())
@@ -71,6 +73,8 @@ def on_message(sup: Supervisor, child: Child, message: dict, now: float) -> None
     elif event == protocol.READY:
         if pool_slot := sup.slot_of.get(child.pid):
             pool_slot[0].ever_up = True
+        if sup.pickup.instant:  # a child starts at its pool's interval
+            sup.pickup.tell(child)
         log.info("Child %s ready", child.spec.worker_id, extra={**child.log_extra, "event": events.CHILD_READY})
 
 

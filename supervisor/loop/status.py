@@ -68,6 +68,15 @@ def snapshot(sup: Supervisor, now: float, wall: float) -> dict[str, Any]:
             "node_timeout": sup.config.supervisor.node_timeout,
         },
         "paused_queues": sorted(sup.stats.paused_queues),
+        # instant: notices of new tasks arrive (idle children poll every safety_poll only);
+        # wakes: by how they came (loop/wakeups.py); claims: attempts that found no row
+        "pickup": {
+            "instant": sup.pickup.instant,
+            "safety_poll": sup.config.supervisor.safety_poll,
+            "fleet": len(sup.wakeups.fleet.members),
+            "wakes": dict(sup.wakeups.counts),
+            "empty_claims": sum(sup.stats.empty_claims.values()),
+        },
         # [limits]: per limit, what its keys hold back (the janitor's census); claims that found
         # nothing eligible because of them
         "flow": {"limits": sup.stats.flow, "held_claims": sum(sup.stats.held_claims.values())},

@@ -87,6 +87,12 @@ COUNTERS = (
     ),
     ("task_supervisor_scale_events", "Autoscaling decisions.", ["pool", "direction"], "scale_events"),
     (
+        "task_supervisor_claims_empty",
+        "Claim attempts that found no READY task, per pool (with tasks_started: every claim attempt).",
+        ["pool"],
+        "empty_claims",
+    ),
+    (
         "task_supervisor_schedule_slots",
         "Scheduler slots by outcome: fired here, taken by another replica, overlap (skipped), missed.",
         ["schedule", "outcome"],
@@ -127,6 +133,7 @@ class SupervisorCollector(Collector):
             counts = getattr(stats, attribute)
             yield _counter(name, text, labels, {k if isinstance(k, tuple) else (k,): v for k, v in counts.items()})
         yield from _lease(snap)
+        yield from _pickup(snap)
         yield from _queues(stats)
         yield from _schedule_lag(stats)
         yield from _flow(stats)
@@ -165,6 +172,23 @@ def _lease(snap: Snapshot) -> Iterator[Any]:
         yield _counter(
             "task_supervisor_lease_losses", "Times the lease ran out before a renewal.", [], {(): lease["losses"]}
         )
+
+
+def _pickup(snap: Snapshot) -> Iterator[Any]:
+    pickup = snap.get("pickup") or {}
+    yield _gauge(
+        "task_supervisor_instant_pickup",
+        "1 while notices of new tasks arrive (idle children poll only every safety_poll).",
+        [],
+        [([], 1.0 if pickup.get("instant") else 0.0)],
+    )
+    yield _counter(
+        "task_supervisor_wakes",
+        'Idle children woken, by how: "notice" (this node took a new task\'s notice), "pass" (passed on by '
+        'another node), "all" (a notice for every node), "backlog"; and "passed" (notices passed on).',
+        ["how"],
+        {(how,): n for how, n in (pickup.get("wakes") or {}).items()},
+    )
 
 
 def _queues(stats: Stats) -> Iterator[Any]:

@@ -43,5 +43,7 @@ class Stats:
     flow: list[dict] = field(default_factory=list)
     # pool -> claims that found nothing eligible because limits held rows back
     held_claims: collections.Counter[str] = field(default_factory=collections.Counter)
+    # pool -> claim attempts that found no READY row (with tasks_started: the claim attempts)
+    empty_claims: collections.Counter[str] = field(default_factory=collections.Counter)
     # queue -> 1 while paused (read with the queue depths)
     paused_queues: dict[str, int] = field(default_factory=dict)

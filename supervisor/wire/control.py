@@ -7,6 +7,8 @@
 - ``lease-lost`` (with SIGUSR1): the supervisor could not renew the lease: raise LeaseExpired
   in the running task now.
 - ``cancel <task id>`` (with SIGUSR1): an operator cancelled that task: raise TaskCancelled in it.
+- ``poll <seconds>``: wait that long between idle polls (the supervisor wakes you for each new
+  task: the poll is only a safety net); ``poll -``: back to db_worker's own interval.
 - ``ping <n>``: answer ``pong`` with the same n on the report pipe (an idle child's liveness).
 
 The child's end (``task_supervisor.worker.control``) replaces db_worker's ``time.sleep`` between
@@ -52,6 +54,10 @@ def send_lease(fd: int, until: float) -> bool:
 
 def send_lease_lost(fd: int) -> bool:
     return _send(fd, LEASE_LOST)
+
+
+def send_poll(fd: int, seconds: float | None) -> bool:
+    return _send(fd, b"poll -\n" if seconds is None else f"poll {seconds:.3f}\n".encode())
 
 
 def send_ping(fd: int, seq: int) -> bool:

@@ -20,6 +20,7 @@ TASK_FINISHED = "task_finished"  # "task_id", "status"
 PONG = "pong"  # "seq": the answer to a ping on the control pipe
 LEASE_EXPIRED = "lease_expired"  # "task_id": the child stopped its task, its lease ran out
 TASK_FENCED = "task_fenced"  # "task_id", "owner", "status": a finish not written, the row was no longer ours
+EMPTY = "empty"  # a claim found no READY row: with TASK_STARTED, the claim attempts (fleet figures)
 # "paths", "queues", "due" (epoch or null), "waiting" (for a slot), "keys", "more": a claim found
 # nothing eligible because limits held rows back (worker/flow.py)
 HELD = "held"

@@ -57,6 +57,9 @@ class ControlChannel:
         self.stopping = False  # LeaseExpired was raised in the running task: never twice
         self.stranded = False  # the running task's verdict was refused for want of the lease
         self.pending = bytearray()
+        # Seconds between idle polls while the supervisor hears of new tasks (``poll``); None:
+        # db_worker's own interval.
+        self.poll_every: float | None = None
         os.set_blocking(fd, False)
 
     def _lines(self) -> list[str]:
@@ -79,6 +82,8 @@ class ControlChannel:
                 woken = True
             elif word == "lease":
                 self.lease_until = float(rest)
+            elif word == "poll":
+                self.poll_every = None if rest == "-" else float(rest)
             elif word == "ping":
                 self.reporter.send(protocol.PONG, seq=int(rest))
             elif word == "timeout" and raising:
@@ -155,17 +160,21 @@ class ControlChannel:
         raise LeaseExpired(f"Task {self.current.path} was stopped: {why}.")
 
     def sleep(self, seconds: float) -> None:
-        """db_worker's wait between polls, cut short by a wake."""
-        deadline = time.monotonic() + seconds
+        """db_worker's wait between polls, cut short by a wake; stretched to ``poll_every`` while
+        the supervisor wakes this child for every new task (a ``poll`` line may come mid-wait)."""
+        start = time.monotonic()
         if self._handle(self._lines()):
             return
-        while (left := deadline - time.monotonic()) > 0:
+        while (left := start + self._wait(seconds) - time.monotonic()) > 0:
             ready, _, _ = select.select([self.fd], [], [], left)
             if ready and self._handle(self._lines()):
                 return
             if ready and not self.pending and _closed(self.fd):
-                time.sleep(max(0.0, deadline - time.monotonic()))  # supervisor gone: plain sleep
+                time.sleep(max(0.0, start + seconds - time.monotonic()))  # supervisor gone: plain sleep
                 return
+
+    def _wait(self, seconds: float) -> float:
+        return seconds if self.poll_every is None else max(seconds, self.poll_every)
 
     def install(self, worker_module: Any) -> None:
         signal.signal(TIMEOUT_SIGNAL, self.on_timeout_signal)

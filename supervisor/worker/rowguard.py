@@ -65,6 +65,7 @@ def install(
     paused: PausedQueues | None = None,
     pick: Callable[[Any, Callable[[Any], Any]], Any] | None = None,
     first: Callable[[Any], Any] | None = None,
+    on_empty: Callable[[], None] = lambda: None,
 ) -> None:
     """Wrap ``get_locked`` of the model's queryset class; installing again replaces the guard.
 
@@ -72,6 +73,7 @@ def install(
     Rows of paused queues are never picked. ``pick`` (``worker/flow.py``, when limits are
     declared) picks in place of the backend's own query, which it is handed. ``first``
     (``worker/fastpath.py``) runs the backend's own query in its place, compiled once.
+    ``on_empty`` is told of each claim attempt that found no row (the fleet's herd figures).
     """
     paused = paused or PausedQueues()
     queryset_class = type(model.objects.get_queryset())
@@ -83,9 +85,11 @@ def install(
             return None
         if queues := paused.get(self.db):
             self = self.exclude(queue_name__in=sorted(queues))
-        for _ in range(MAX_SKIPPED):
+        for attempt in range(MAX_SKIPPED):
             row = backend_query(self) if pick is None else pick(self, original)
             if row is None:
+                if attempt == 0:
+                    on_empty()
                 return None
             error = unrunnable(row)
             if error is None:

@@ -118,7 +118,13 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
     # The pick claims in one statement where nothing else has to share its transaction.
     fast = fastpath.install(backend, claim_as=None if limits else spec.worker_id)
     first = fast.pick.first if fast else None
-    rowguard.install(backend.model, channel.lease_valid, pick=limits.pick if limits else None, first=first)
+    rowguard.install(
+        backend.model,
+        channel.lease_valid,
+        pick=limits.pick if limits else None,
+        first=first,
+        on_empty=lambda: reporter.send(protocol.EMPTY),
+    )
     fence.install(
         backend,
         spec.worker_id,

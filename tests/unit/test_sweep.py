@@ -181,10 +181,11 @@ def beating_janitor(monkeypatch: pytest.MonkeyPatch, beat_fails: bool) -> tuple[
     janitor.heartbeats = True
     beats: list[float] = []
 
-    def beat(node: str, pools: list[str], started_at: Any, backend: Any, snapshot: Any = None) -> None:
+    def beat(node: str, pools: list[str], started_at: Any, backend: Any, *more: Any) -> list:
         if beat_fails:
             raise RuntimeError("connection refused")
         beats.append(clock.now)
+        return []
 
     def refuse(backend: Any, lost: LostTask, policy_for: Any, rng: Any) -> list:
         raise RuntimeError("lock wait timeout exceeded")
