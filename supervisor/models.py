@@ -18,7 +18,6 @@ class NodeHeartbeat(models.Model):
     started_at = models.DateTimeField()
     last_seen = models.DateTimeField(db_index=True)
     queues = models.JSONField(default=list, help_text='The queues its pools serve ("*": every queue).')
-    idle = models.IntegerField(default=0, help_text="Its idle worker children at the last heartbeat.")
 
     class Meta:
         verbose_name = "node heartbeat"

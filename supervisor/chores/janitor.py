@@ -88,10 +88,10 @@ class Janitor:
         self.figures = Figures(config.supervisor.node, clock)
         self.flow = FlowCensus(clock, self.stats)  # [limits]: what each key holds back
         self.publish: Callable[[], dict[str, Any]] | None = None  # the loop's status, for the dashboard
-        # (queues served, idle children) told with each heartbeat; the fleet read back with it:
-        # (node, queues, idle) of each live node, None before the first beat
-        self.presence: Callable[[], tuple[list[str], int]] | None = None
-        self.fleet: list[tuple[str, list[str], int]] | None = None
+        # the queues served, told with each heartbeat; the fleet read back with it: (node, queues)
+        # of each live node, None before the first beat
+        self.queues: Callable[[], list[str]] | None = None
+        self.fleet: list[tuple[str, list[str]]] | None = None
         self.depth_readings = 0  # READY depths read so far (the loop's backlog wake follows them)
         if not self.heartbeats:
             log.warning(
@@ -347,9 +347,9 @@ class Janitor:
         sent_at = self.clock()  # the database stamps the beat no earlier: the lease counts from here
         try:
             with timebox(CHORES_DEADLINE, "the heartbeat", self.aliases()):
-                presence = self.presence() if self.presence is not None else ([], 0)
+                queues = self.queues() if self.queues is not None else []
                 fresh = FLEET_FRESH_BEATS * self.config.supervisor.beat_interval
-                fleet = recovery.beat(self.node, pools, self.started_at, backend, self._published(), presence, fresh)
+                fleet = recovery.beat(self.node, pools, self.started_at, backend, self._published(), queues, fresh)
         except Exception as exc:  # a database error of any driver: retry with the chores' backoff
             self._chores_failed(now, exc)
             self.next_beat = self.retry_at

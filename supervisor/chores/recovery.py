@@ -312,20 +312,19 @@ def beat(
     started_at: Any,
     backend: TaskBackend,
     snapshot: dict[str, Any] | None = None,
-    presence: tuple[list[str], int] = ([], 0),
+    queues: list[str] | None = None,
     fresh: float | None = None,
-) -> list[tuple[str, list[str], int]]:
+) -> list[tuple[str, list[str]]]:
     """Record that this node is alive (one row per node), stamped with the database's clock, and
     publish ``snapshot`` (chores/publish.py) for the dashboard in the same transaction.
 
-    ``presence`` is (queues served, idle children). With ``fresh`` (seconds), the same transaction
-    reads back the nodes whose heartbeat is younger than that: (node, queues, idle) each.
+    ``queues`` are those the node serves. With ``fresh`` (seconds), the same transaction reads
+    back the nodes whose heartbeat is younger than that: (node, queues) each.
     """
     from django.db.models.functions import Now
 
     from task_supervisor.models import NodeHeartbeat, NodeSnapshot
 
-    queues, idle = presence
     set_sqlite_busy_timeout(backend)
     with bounded(backend):
         NodeHeartbeat.objects.update_or_create(
@@ -335,8 +334,7 @@ def beat(
                 "pools": pools,
                 "started_at": started_at,
                 "last_seen": Now(),
-                "queues": queues,
-                "idle": idle,
+                "queues": queues or [],
             },
         )
         if snapshot is not None:
@@ -345,8 +343,8 @@ def beat(
             )
         if fresh is None:
             return []
-        rows = NodeHeartbeat.objects.exclude(_older_than(fresh)).values_list("node", "queues", "idle")
-        return [(n, list(q) if isinstance(q, list) else [], int(i or 0)) for n, q, i in rows]
+        rows = NodeHeartbeat.objects.exclude(_older_than(fresh)).values_list("node", "queues")
+        return [(n, list(q) if isinstance(q, list) else []) for n, q in rows]
 
 
 def mark_stopped(node: str) -> None:

@@ -2,9 +2,10 @@
 
 Every supervisor hears every NOTIFY. Were each to wake an idle child, one new task would bring
 one claim attempt per node (a hundred nodes: ninety-nine find nothing). Instead each node ranks
-the live nodes that serve the task's queue the same way (those that had an idle child at their
-last heartbeat first, then by a hash of the task id and the node's name, rendezvous hashing), and
-only the node at the notice's ``hop`` wakes one of its idle children. A node with no idle child
+the live nodes that serve the task's queue the same way (by a hash of the task id and the node's
+name: rendezvous hashing), and only the node at the notice's ``hop`` wakes one of its idle
+children. The ranking uses nothing that changes from one heartbeat to the next (an idle count
+would: two nodes reading it at different moments would each think themselves first). A node with no idle child
 passes the notice on (``hop + 1``) to the next in the ranking, at most MAX_HOPS nodes in all: a
 task brings at most one claim attempt from notices, and at most MAX_HOPS - 1 passes (one
 ``pg_notify`` each). A task none of them could take is left to the children that finish a task
@@ -28,14 +29,23 @@ MAX_HOPS = 3  # nodes a notice may reach: the owner and two passes
 class Member:
     node: str
     queues: tuple[str, ...]  # "*" serves every queue
-    idle: int  # idle worker children at its last heartbeat
 
     def serves(self, queue: str) -> bool:
         return queue in self.queues or "*" in self.queues
 
 
-def score(key: str, node: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{key}\0{node}".encode(), digest_size=8).digest(), "big")
+MASK64 = (1 << 64) - 1
+
+
+def digest(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def mix(value: int) -> int:
+    """splitmix64's finaliser: a key's digest and a node's, combined into a well-spread score."""
+    value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9 & MASK64
+    value = (value ^ (value >> 27)) * 0x94D049BB133111EB & MASK64
+    return value ^ (value >> 31)
 
 
 class Fleet:
@@ -44,22 +54,27 @@ class Fleet:
     def __init__(self, me: str) -> None:
         self.me = me
         self.members: list[Member] = []
+        self.digests: dict[str, int] = {}
+        self.known = False  # this node is among the members read
 
     def update(self, members: Iterable[Member]) -> None:
         self.members = list(members)
+        self.digests = {m.node: digest(m.node) for m in self.members}
+        self.known = self.me in self.digests
 
     def ranking(self, queue: str, key: str) -> list[str]:
         """Nodes serving ``queue`` in the order they take a notice keyed ``key``."""
-        serving = [m for m in self.members if m.serves(queue)]
-        serving.sort(key=lambda m: (m.idle <= 0, -score(key, m.node)))
-        return [m.node for m in serving]
+        mine = digest(key)
+        serving = [m.node for m in self.members if m.serves(queue)]
+        serving.sort(key=lambda node: -mix(mine ^ self.digests[node]))
+        return serving
 
     def takes(self, queue: str, key: str, hop: int) -> bool:
         """Is this node the one to act on a notice of ``queue`` keyed ``key`` at ``hop``?"""
+        if not self.known:
+            return hop == 0  # alone, or not read with the fleet yet: act as if alone
         ranking = self.ranking(queue, key)
-        if self.me not in ranking:
-            return hop == 0  # not known to the fleet yet (no heartbeat read): act as if alone
-        return hop < min(len(ranking), MAX_HOPS) and ranking[hop] == self.me
+        return hop < min(len(ranking), MAX_HOPS) and self.me in ranking and ranking[hop] == self.me
 
     def may_pass(self, queue: str, key: str, hop: int) -> bool:
         """May a notice this node could not serve go on to the next node?"""
@@ -73,10 +88,11 @@ class Fleet:
         ``depth`` of them each wake their share. One forgotten task brings one claim attempt, a
         backlog of a thousand wakes every idle child.
         """
-        ranking = [m.node for m in self.members if m.serves(queue)]
+        if not self.known:
+            return depth  # alone, or not read with the fleet yet
+        ranking = self.ranking(queue, f"{queue}\0{epoch}")
         if self.me not in ranking:
-            return depth  # alone, or not known yet
-        ranking.sort(key=lambda node: -score(f"{queue}\0{epoch}", node))
+            return 0
         helpers = min(depth, len(ranking))
         if ranking.index(self.me) >= helpers:
             return 0

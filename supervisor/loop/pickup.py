@@ -1,8 +1,8 @@
 """How often idle children poll: the pool's interval, or only ``safety_poll`` while notices of new
 tasks are known to arrive, switched back the moment they stop (``Wakeups.instant``).
 
-Also what the fleet needs from the loop: this node's presence (queues served, idle children) for
-its heartbeat, the fleet read back with it, and the backlog wake after each READY-depth reading.
+Also what the fleet needs from the loop: the queues this node serves, for its heartbeat, the
+fleet read back with it, and the backlog wake after each READY-depth reading.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Pickup:
         self.fleet_seen: object = None
         self.readings_seen = 0
         if janitor is not None:
-            janitor.presence = self.presence
+            janitor.queues = self.queues
 
     def tick(self, now: float, children: Iterable[Child], held: Iterable[str]) -> None:
         """After the turn's chores: follow the fleet, wake children for a forgotten backlog, and
@@ -54,7 +54,7 @@ class Pickup:
         janitor = self.janitor
         if janitor is not None and janitor.fleet is not None and janitor.fleet is not self.fleet_seen:
             self.fleet_seen = janitor.fleet
-            self.wakeups.fleet.update(Member(node, tuple(queues), idle) for node, queues, idle in janitor.fleet)
+            self.wakeups.fleet.update(Member(node, tuple(queues)) for node, queues in janitor.fleet)
         instant = self.safety_poll > 0 and self.wakeups.instant(now)
         if janitor is not None and janitor.depth_readings != self.readings_seen:
             self.readings_seen = janitor.depth_readings
@@ -93,9 +93,6 @@ class Pickup:
         control.send_poll(child.control_fd, seconds)
         return True
 
-    def presence(self) -> tuple[list[str], int]:
-        """(queues served, idle worker children), told with this node's heartbeat."""
-        queues: set[str] = set()
-        for pool in self.pools():
-            queues.update(pool.config.queues)
-        return sorted(queues), self.wakeups.idle_children()
+    def queues(self) -> list[str]:
+        """The queues this node's pools serve, told with its heartbeat."""
+        return sorted({queue for pool in self.pools() for queue in pool.config.queues})

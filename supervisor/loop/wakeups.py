@@ -129,9 +129,6 @@ class Wakeups:
         min(idle, key=lambda c: c.woken_at).wake(now)
         return True
 
-    def idle_children(self) -> int:
-        return sum(1 for pool in self.pools() for child in pool.children() if child.state is ChildState.IDLE)
-
     def fds(self) -> list[int]:
         return [fd for listener in self.listeners if (fd := listener.fileno()) is not None]
 
