@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from task_supervisor import __version__, bootstrap, events, exitcodes, jsonlog
+from task_supervisor import __version__, bootstrap, events, exitcodes, jsonlog, pooling
 from task_supervisor.config import Config, ConfigError, load_config
 
 log = logging.getLogger("task_supervisor")
@@ -107,6 +107,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         schedules = bootstrap.load_schedules(config)
         warnings = bootstrap.run_system_checks()
         warnings += [line for lines in bootstrap.database_advice(backends) for line in lines]
+        problems, pooled = pooling.advice(config, backends)
+        if problems:
+            raise bootstrap.StartupError(exitcodes.EX_CONFIG, "\n".join(problems))
+        warnings += pooled
         bootstrap.warm_up(backends)
     except bootstrap.StartupError as exc:
         return _fail(exc.code, str(exc))
@@ -183,6 +187,9 @@ def check_problems(config: Config) -> tuple[list[str], list[str]]:
         backends = bootstrap.resolve_backends(config)
         bootstrap.check_database(backends)
         problems, warnings = bootstrap.database_advice(backends)
+        pooled_problems, pooled_warnings = pooling.advice(config, backends)
+        problems += pooled_problems
+        warnings += pooled_warnings
     except bootstrap.StartupError as exc:
         problems += str(exc).splitlines()
     for check in (bootstrap.check_retries, bootstrap.check_limits):

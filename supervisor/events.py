@@ -22,6 +22,7 @@ LISTEN_CONNECT_FAILED = "listen_connect_failed"
 LISTEN_LOST = "listen_lost"
 LISTENING = "listening"
 LISTEN_NO_TRIGGER = "listen_no_trigger"
+LISTEN_DEAF = "listen_deaf"  # the LISTEN connection is up but its probe does not come back
 PICKUP_INSTANT = "pickup_instant"  # notices arrive: idle children poll only as a safety net
 PICKUP_POLLING = "pickup_polling"  # notices do not (or no longer) arrive: children poll at their interval
 LOST_UNRECORDED = "lost_unrecorded"

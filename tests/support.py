@@ -33,6 +33,12 @@ MY_USER = "ts_test"
 MY_PASSWORD = "ts_test"
 MY_SOCKETS = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/tmp/mysql.sock")
 MARIADB_ENGINES = ("mariadb", "mariadb-rr")  # READ COMMITTED (Django's default), REPEATABLE READ
+# "pgbouncer": a PostgreSQL database whose "default" alias goes through PgBouncer in transaction
+# pooling (started by the tests on a loopback port, ``pgbouncer_port``) and whose "direct" alias,
+# for the supervisor's LISTEN (listen_database), does not.
+PGBOUNCER = "pgbouncer"
+POSTGRES_ENGINES = ("postgres", PGBOUNCER)
+LISTEN_DIRECT = 'listen_database = "direct"'
 JSON_LOGS = 'log_format = "json"'
 # Keys of a JSON log record that make up its line in a readable tail; the others show as its context.
 _LINE_KEYS = ("time", "level", "logger", "message", "exc_info", "process")
@@ -122,6 +128,8 @@ class Database:
 
     @property
     def env(self) -> dict[str, str]:
+        if self.engine == PGBOUNCER:
+            return {"TS_DB_ENGINE": self.engine, "TS_DB_NAME": self.name, "TS_PGBOUNCER_PORT": str(pgbouncer_port())}
         return {"TS_DB_ENGINE": self.engine, "TS_DB_NAME": self.name}
 
     def settings_dict(self) -> dict[str, Any]:
@@ -136,13 +144,15 @@ class Database:
                 "PASSWORD": MY_PASSWORD,
                 "OPTIONS": {"isolation_level": isolation},
             }
-        if self.engine == "postgres":
+        if self.engine in POSTGRES_ENGINES:
+            through = self.engine == PGBOUNCER
             return {
                 "ENGINE": "django.db.backends.postgresql",
                 "NAME": self.name,
                 "HOST": PG_HOST,
-                "PORT": str(PG_PORT),
+                "PORT": str(pgbouncer_port() if through else PG_PORT),
                 "USER": PG_USER,
+                "DISABLE_SERVER_SIDE_CURSORS": through,
             }
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": self.name, "OPTIONS": {"timeout": 20}}
 
@@ -158,6 +168,8 @@ class DatabaseFactory:
     def template(self, engine: str) -> str:
         if engine in MARIADB_ENGINES:
             engine = "mariadb"  # one schema for both isolation levels
+        if engine == PGBOUNCER:
+            engine = "postgres"  # the same database, reached another way
         if engine not in self.templates:
             if engine == "mariadb":
                 name = f"ts_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -191,7 +203,7 @@ class DatabaseFactory:
         return db
 
     def drop(self, db: Database) -> None:
-        if db.engine == "postgres":
+        if db.engine in POSTGRES_ENGINES:
             with pg_connect() as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
         elif db.engine in MARIADB_ENGINES:
@@ -251,6 +263,65 @@ def use_database(db: Database) -> None:
         del connections["default"]
     except AttributeError:
         pass  # no connection was opened in this thread yet
+
+
+_pgbouncer: dict[str, Any] = {}
+
+
+def pgbouncer_port() -> int:
+    """The loopback port of this test process's PgBouncer, started on first use (Debian package
+    ``pgbouncer``; tests/system-packages.sh installs it) in transaction pooling mode in front of
+    the PostgreSQL on 127.0.0.1:5432, and stopped when the process exits."""
+    if "port" in _pgbouncer:
+        return _pgbouncer["port"]
+    import atexit
+    import socket
+    import tempfile
+
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not os.path.exists(binary):
+        raise RuntimeError("PgBouncer is not installed: run tests/system-packages.sh as root (package pgbouncer).")
+    folder = Path(tempfile.mkdtemp(prefix="ts-pgbouncer-"))
+    folder.chmod(0o755)  # read by the postgres user it runs as when started by root
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (folder / "users.txt").write_text(f'"{PG_USER}" ""\n')
+    (folder / "pgbouncer.ini").write_text(
+        textwrap.dedent(
+            f"""\
+            [databases]
+            * = host={PG_HOST} port={PG_PORT}
+            [pgbouncer]
+            listen_addr = 127.0.0.1
+            listen_port = {port}
+            unix_socket_dir =
+            auth_type = trust
+            auth_file = {folder / "users.txt"}
+            pool_mode = transaction
+            max_client_conn = 2000
+            default_pool_size = 20
+            ignore_startup_parameters = extra_float_digits,options
+            {"user = postgres" if os.geteuid() == 0 else ""}
+            """
+        )
+    )
+    for name in ("users.txt", "pgbouncer.ini"):
+        (folder / name).chmod(0o644)
+    log = open(folder / "pgbouncer.log", "wb")
+    proc = subprocess.Popen([binary, str(folder / "pgbouncer.ini")], stdout=log, stderr=subprocess.STDOUT)
+    atexit.register(lambda: (proc.terminate(), proc.wait(10)))
+
+    def accepts() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"PgBouncer exited: {(folder / 'pgbouncer.log').read_text()[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+        return False
+
+    wait_until(accepts, 10, message="PgBouncer to accept connections")
+    _pgbouncer["port"] = port
+    return port
 
 
 class JsonLog:
@@ -355,6 +426,8 @@ class SupervisorProcess:
 
     def write_config(self, text: str) -> None:
         self.config_text = with_json_logs(text)
+        if self.db.engine == PGBOUNCER and "listen_database" not in self.config_text:
+            self.config_text = self.config_text.replace("[supervisor]", f"[supervisor]\n{LISTEN_DIRECT}", 1)
         self.config_path.write_text(self.config_text)
 
     def start(self) -> SupervisorProcess:

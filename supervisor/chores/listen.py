@@ -95,6 +95,7 @@ class ReadyListener:
         self.sent_at = float("-inf")
         self.heard = 0  # the last probe heard back
         self.next_probe = 0.0
+        self.deaf_told = False  # the warning that probes do not come back, once per connection
 
     def fileno(self) -> int | None:
         if self.conn is None:
@@ -183,6 +184,17 @@ class ReadyListener:
             return False
         return self.heard >= self.sent or (self.heard == self.sent - 1 and now - self.sent_at < PROBE_GRACE)
 
+    def warn_if_deaf(self, now: float) -> None:
+        """Once per connection: the first probe did not come back (LISTEN through a pooler?)."""
+        if self.deaf_told or self.conn is None or self.heard or not self.sent or now - self.sent_at < PROBE_GRACE:
+            return
+        self.deaf_told = True
+        log.warning(
+            "The LISTEN connection hears no notices (through PgBouncer in transaction pooling? then name a direct "
+            "connection's alias in [supervisor] listen_database); children poll at their interval",
+            extra={"event": events.LISTEN_DEAF},
+        )
+
     def next_probe_due(self) -> float | None:
         if self.conn is None or not self.trigger:
             return None
@@ -269,3 +281,4 @@ class ReadyListener:
         self.retry_at = 0.0
         self.trigger = False
         self.heard = self.sent = 0
+        self.deaf_told = False

@@ -74,6 +74,7 @@ class Wakeups:
                     self.selector.register(fd, selectors.EVENT_READ, lambda mask, li=listener, fd=fd: self.read(li, fd))
             elif not blocked:
                 blocked = listener.probe(now)
+            listener.warn_if_deaf(now)
             for notice in listener.due():
                 self.route(listener, notice, now)
         return blocked

@@ -1,17 +1,22 @@
 """Instant pickup with real supervisors: idle children stop polling while notices arrive and go
 back to their interval the moment the LISTEN connection is lost; one new task brings one node's
 child, not every node's; a run_after task starts at its time, not at the next safety poll.
-SQLite has no notices: children poll at their interval."""
+SQLite has no notices: children poll at their interval. PostgreSQL is tested direct and through
+PgBouncer in transaction pooling (the supervisor's LISTEN connection direct beside it)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import psutil
+import pytest
 
 from task_supervisor import events
+from tests.conftest import fresh_database
 from tests.realproc.test_supervision import wait_status
-from tests.support import config_toml, pg_connect, wait_until
+from tests.support import PG_PORT, config_toml, pg_connect, wait_until
 
 IDLE = """
 [pools.default]
@@ -20,6 +25,12 @@ interval = "200ms"
 """
 SHORT_BEATS = 'node_timeout = "12s"'  # beats every 3s: the fleet is read soon after a start
 QUIET = 3.0  # seconds of an idle node watched
+
+
+@pytest.fixture(params=["sqlite", "postgres", "pgbouncer"])
+def db(request, databases, django_ready):
+    """Also through PgBouncer in transaction pooling, the supervisor's LISTEN direct."""
+    yield from fresh_database(request.param, databases)
 
 
 def empty_claims(sup) -> int:
@@ -35,7 +46,8 @@ def quiet_claims(sup) -> int:
 
 def listen_backend(sup, db) -> int | None:
     """The PostgreSQL backend pid of the supervisor's LISTEN connection."""
-    ports = [c.laddr.port for c in psutil.Process(sup.pid).net_connections("tcp") if c.raddr and c.raddr.port == 5432]
+    connections = psutil.Process(sup.pid).net_connections("tcp")
+    ports = [c.laddr.port for c in connections if c.raddr and c.raddr.port == PG_PORT]
     with pg_connect() as conn:
         found = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = %s AND client_port = ANY(%s) "
@@ -72,9 +84,9 @@ def test_a_task_is_taken_at_once_by_one_node_of_two(supervisor, db):
     nodes = [supervisor(config_toml(IDLE, extra=SHORT_BEATS, node=name)) for name in ("alpha", "beta")]
     for sup in nodes:
         sup.wait_event(events.CHILD_READY, count=2)
-        if db.engine == "postgres":
+        if db.engine != "sqlite":
             sup.wait_event(events.PICKUP_INSTANT)
-    if db.engine == "postgres":  # both nodes know the fleet: a heartbeat after both started
+    if db.engine != "sqlite":  # both nodes know the fleet: a heartbeat after both started
         wait_until(lambda: all(s.status()["pickup"]["fleet"] == 2 for s in nodes), 20, 0.3, "the fleet of two")
     before = sum(empty_claims(s) for s in nodes)
     results = []
@@ -108,7 +120,7 @@ def test_a_task_due_later_starts_at_its_time(supervisor, db):
 
     sup = supervisor(config_toml(IDLE))
     sup.wait_event(events.CHILD_READY, count=2)
-    if db.engine == "postgres":
+    if db.engine != "sqlite":
         sup.wait_event(events.PICKUP_INSTANT)
     result = tasks.add.using(run_after=timezone.now() + datetime.timedelta(seconds=2)).enqueue(1, 1)
     wait_status(result, "SUCCESSFUL", timeout=15)
@@ -118,3 +130,34 @@ def test_a_task_due_later_starts_at_its_time(supervisor, db):
     late = (found.started_at - found.run_after).total_seconds()
     print(f"{db.engine}: run_after task started {late * 1000:.0f} ms after its time")
     assert -0.05 < late < 1.5, late
+
+
+@pytest.mark.parametrize("db", ["pgbouncer"], indirect=True)
+def test_a_listen_through_pgbouncer_is_found_deaf_and_children_keep_polling(supervisor, db):
+    from tsapp import tasks
+    sup = supervisor(config_toml(IDLE, extra='listen_database = ""'))
+    sup.wait_event(events.CHILD_READY, count=2)
+    sup.wait_event(events.LISTENING)
+    sup.wait_event(events.LISTEN_DEAF, timeout=10)
+    assert not sup.has_event(events.PICKUP_INSTANT)
+    assert quiet_claims(sup) >= 6  # still at their 200 ms interval
+    wait_status(tasks.add.enqueue(1, 2), "SUCCESSFUL", timeout=10)
+
+
+def check(sup) -> subprocess.CompletedProcess[str]:
+    sup.write_config(sup.config_text)
+    command = [sys.executable, "-m", "task_supervisor", "check", "-c", str(sup.config_path)]
+    return subprocess.run(command, env=sup.env, capture_output=True, text=True, timeout=60)
+
+
+def test_check_names_a_listen_database_that_cannot_serve(tmp_path, db):
+    from tests.support import SupervisorProcess
+
+    sup = SupervisorProcess(tmp_path, db, config_toml(IDLE, extra='listen_database = "nowhere"'))
+    out = check(sup)
+    assert out.returncode != 0
+    assert "supervisor.listen_database is 'nowhere', which is not in DATABASES" in out.stderr + out.stdout
+    if db.engine == "pgbouncer":  # the tests' settings: direct LISTEN, no server-side cursors
+        sup = SupervisorProcess(tmp_path, db, config_toml(IDLE))
+        out = check(sup)
+        assert out.returncode == 0 and "warning" not in out.stderr, out.stderr

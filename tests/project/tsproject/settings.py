@@ -2,7 +2,8 @@
 
 The database comes from the environment so that one project serves every database:
 TS_DB_ENGINE = "sqlite" (TS_DB_NAME is a file path), "postgres" (TS_DB_NAME is a database
-on 127.0.0.1:5432), or "mariadb" / "mariadb-rr" (a database on 127.0.0.1:3306 through
+on 127.0.0.1:5432), "pgbouncer" (the same through PgBouncer on TS_PGBOUNCER_PORT, with a
+"direct" alias beside it), or "mariadb" / "mariadb-rr" (a database on 127.0.0.1:3306 through
 mysqlclient, under READ COMMITTED, Django's default, or REPEATABLE READ, MariaDB's own).
 """
 
@@ -28,7 +29,7 @@ INSTALLED_APPS = [
 
 _engine = os.environ.get("TS_DB_ENGINE", "sqlite")
 _name = os.environ.get("TS_DB_NAME", os.path.join(os.path.dirname(__file__), "..", "db.sqlite3"))
-if _engine == "postgres":
+if _engine in ("postgres", "pgbouncer"):
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.postgresql",
@@ -39,6 +40,10 @@ if _engine == "postgres":
             "CONN_MAX_AGE": 0,
         }
     }
+    if _engine == "pgbouncer":
+        # The tasks through PgBouncer in transaction pooling; "direct" for the supervisor's LISTEN.
+        DATABASES["direct"] = dict(DATABASES["default"])
+        DATABASES["default"].update(PORT=os.environ["TS_PGBOUNCER_PORT"], DISABLE_SERVER_SIDE_CURSORS=True)
 elif _engine in ("mariadb", "mariadb-rr"):
     DATABASES = {
         "default": {
