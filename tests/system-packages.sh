@@ -17,6 +17,10 @@ fi
 if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
     needs+=(chromium chromium-driver)
 fi
+# PgBouncer: the tests start their own (transaction pooling, a loopback port) in front of PostgreSQL.
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+    needs+=(pgbouncer)
+fi
 if [ ${#needs[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "The tests need these Debian packages: ${needs[*]}; install them as root." >&2

@@ -32,7 +32,7 @@ def started(tmp_path: Path, name: str = "started") -> tuple[Path, callable]:
     return marker, lambda: wait_until(marker.exists, message=f"{marker.name} to appear")
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgres", "mariadb"], indirect=True)
+@pytest.mark.parametrize("db", ["sqlite", "postgres", "pgbouncer", "mariadb"], indirect=True)
 def test_soft_timeout_fails_the_task_and_the_child_goes_on(supervisor, db, tmp_path):
     from tsapp import tasks
 
@@ -61,7 +61,7 @@ def test_task_timeouts_win_over_the_pool_and_tasks_may_clean_up(supervisor, db, 
     assert marker.read_text() == "cleaned up"
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgres", "mariadb-rr"], indirect=True)
+@pytest.mark.parametrize("db", ["sqlite", "postgres", "pgbouncer", "mariadb-rr"], indirect=True)
 def test_a_task_that_swallows_the_timeout_is_killed(supervisor, db, tmp_path):
     from tsapp import tasks
 
@@ -99,7 +99,7 @@ def test_os_exit_is_recorded_as_worker_lost(supervisor, db):
     wait_status(tasks.add.enqueue(1, 2), "SUCCESSFUL")
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgres", "mariadb"], indirect=True)
+@pytest.mark.parametrize("db", ["sqlite", "postgres", "pgbouncer", "mariadb"], indirect=True)
 def test_kill_9_with_fail_policy(supervisor, db, tmp_path):
     from tsapp import tasks
 
@@ -113,7 +113,7 @@ def test_kill_9_with_fail_policy(supervisor, db, tmp_path):
     assert "killed by SIGKILL" in failed.traceback and "max_memory" in failed.traceback
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgres", "mariadb-rr"], indirect=True)
+@pytest.mark.parametrize("db", ["sqlite", "postgres", "pgbouncer", "mariadb-rr"], indirect=True)
 def test_kill_9_with_requeue_policy_runs_the_task_again(supervisor, db, tmp_path):
     from tsapp import tasks
 
@@ -179,7 +179,7 @@ def test_rows_left_by_an_earlier_run_of_this_node_are_recovered_at_startup(super
     assert row(other).status == "RUNNING"  # not ours, and no stale heartbeat says it is dead
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgres", "mariadb"], indirect=True)
+@pytest.mark.parametrize("db", ["sqlite", "postgres", "pgbouncer", "mariadb"], indirect=True)
 def test_a_restarted_supervisor_recovers_what_a_killed_one_left(supervisor, db, tmp_path):
     from tsapp import tasks
 
@@ -223,7 +223,7 @@ def test_running_rows_of_a_dead_node_are_recovered(supervisor, db):
     assert not NodeHeartbeat.objects.filter(node="testnode").exists()
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgres", "mariadb-rr"], indirect=True)
+@pytest.mark.parametrize("db", ["sqlite", "postgres", "pgbouncer", "mariadb-rr"], indirect=True)
 def test_two_supervisors_racing_for_a_dead_node_handle_each_row_once(supervisor, db):
     stale_heartbeat("ghost")
     lost = [fake_running(f"ghost:default:{i}:1") for i in range(20)]

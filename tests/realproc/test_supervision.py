@@ -48,7 +48,7 @@ def wait_status(result, status: str, timeout: float = 30.0) -> None:
     wait_until(lambda: status_of(result) == status, timeout, message=f"task {result.id} {status}")
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgres", "mariadb"], indirect=True)
+@pytest.mark.parametrize("db", ["sqlite", "postgres", "pgbouncer", "mariadb"], indirect=True)
 def test_pools_run_tasks_and_drain_on_sigterm(supervisor, db):
     from tsapp import tasks
 
@@ -74,7 +74,7 @@ def test_pools_run_tasks_and_drain_on_sigterm(supervisor, db):
     assert not sup.has_event(events.FORCED_STOP) and not sup.has_event(events.CHILD_KILLED)
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgres", "mariadb-rr"], indirect=True)
+@pytest.mark.parametrize("db", ["sqlite", "postgres", "pgbouncer", "mariadb-rr"], indirect=True)
 def test_crashed_child_is_replaced(supervisor, db):
     from tsapp import tasks
 
