@@ -191,7 +191,7 @@ def check_rows(run: Run, done: list[dict[str, Any]]) -> None:
     assert set(run.killer.killed) <= died and run.killer.killed  # each child hit was seen to die, not to stop
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgres", "mariadb"], indirect=True)
+@pytest.mark.parametrize("db", ["sqlite", "postgres", "pgbouncer", "mariadb"], indirect=True)
 @pytest.mark.timeout(300)
 def test_random_kills_with_requeue_lose_nothing_and_rerun_only_killed_tasks(supervisor, db: Database, tmp_path):
     run = chaos(supervisor, tmp_path, "requeue", seed=8)
