@@ -36,13 +36,20 @@ log = logging.getLogger(__name__)
 
 RETRY_MIN = 0.5  # seconds before retrying chores after a database error
 RETRY_MAX = 10.0
-QUEUE_DEPTH_INTERVAL = 2.0  # seconds between READY-depth queries (metrics, autoscaling)
+QUEUE_DEPTH_INTERVAL = 2.0  # seconds between READY-depth queries (metrics, autoscaling, backlog wake)
+# Seconds between them while the last found no READY task and nothing runs here: a burst then wakes
+# children by its notices (or their poll, without notices); this only delays the gauges.
+QUEUE_DEPTH_IDLE_INTERVAL = 10.0
 MAX_ITEMS_PER_TURN = 20  # lost rows finished per loop turn, so a burst cannot hog the loop
 CHORES_DEADLINE = 2.5  # seconds one turn of chores may block the loop (each statement: 2 s)
 # Seconds between sweeps of this node's RUNNING rows. It bounds how long a row stays RUNNING
 # under a worker id no live child has: found by the first sweep after its claim is visible, and
 # finished on the next turn (later only while the database fails, when every chore waits).
 SWEEP_INTERVAL = 5.0
+# A late-visible claim follows a child's exit by at most a commit's delay: sweeps come every
+# SWEEP_INTERVAL until SWEEP_AFTER_EXIT after the last exit, then every SWEEP_IDLE_INTERVAL.
+SWEEP_AFTER_EXIT = 30.0
+SWEEP_IDLE_INTERVAL = 60.0
 # A node whose heartbeat is older than this many beat intervals is left out of the fleet that
 # shares wake-ups (loop/fleet.py): late by one beat, not yet dead.
 FLEET_FRESH_BEATS = 2.5
@@ -93,6 +100,8 @@ class Janitor:
         self.queues: Callable[[], list[str]] | None = None
         self.fleet: list[tuple[str, list[str]]] | None = None
         self.depth_readings = 0  # READY depths read so far (the loop's backlog wake follows them)
+        self.busy: set[str] = set()  # worker ids of the children running a task (the loop sets it)
+        self.last_exit_at = float("-inf")  # monotonic time a child's exit was last handed to lost()
         if not self.heartbeats:
             log.warning(
                 "Node heartbeats and dead-node recovery are off: add 'task_supervisor' to INSTALLED_APPS "
@@ -123,6 +132,8 @@ class Janitor:
     def lost(self, pool: str, lost: LostTask) -> None:
         """A child exited: finish the row it may have left RUNNING."""
         self.exited[lost.worker_id] = None
+        self.last_exit_at = self.clock()
+        self.next_sweep = min(self.next_sweep, self.last_exit_at + SWEEP_INTERVAL)
         while len(self.exited) > EXITS_KEPT:
             del self.exited[next(iter(self.exited))]
         self.pending.append((self.backend_for(pool), lost))
@@ -212,7 +223,8 @@ class Janitor:
         if self.heartbeats:
             moments.append(self.next_beat)
             moments.append(max(self.retry_at, self.next_dead_check))
-            moments.append(max(self.retry_at, self.next_cancels))
+            if self.busy:
+                moments.append(max(self.retry_at, self.next_cancels))
             if self.config.retention.enabled:
                 moments.append(max(self.retry_at, self.retention.next_due()))
             moments.append(max(self.retry_at, self.figures.next_due()))
@@ -251,20 +263,22 @@ class Janitor:
             self.next_dead_check = now + self.config.supervisor.beat_interval
         if now >= self.next_depth:
             self._measure_queues()
-            self.next_depth = now + QUEUE_DEPTH_INTERVAL
+            quiet = not any(self.stats.queue_depth.values()) and not self.busy
+            self.next_depth = now + (QUEUE_DEPTH_IDLE_INTERVAL if quiet else QUEUE_DEPTH_INTERVAL)
         if now >= self.next_sweep:
             self._sweep(
                 live_worker_ids,
                 f"The worker running this task ({{worker_id}}) is no live child of the supervisor of node {self.node}.",
             )
-            self.next_sweep = now + SWEEP_INTERVAL
+            recent = now - self.last_exit_at < SWEEP_AFTER_EXIT
+            self.next_sweep = now + (SWEEP_INTERVAL if recent else SWEEP_IDLE_INTERVAL)
         if self.heartbeats:  # the operators' tables are installed with the heartbeats'
             self._operator_chores(now, live_worker_ids)
 
     def _operator_chores(self, now: float, live_worker_ids: set[str]) -> None:
         backends = self.distinct_backends()
-        if now >= self.next_cancels:
-            self.cancels_due += [c for backend in backends for c in cancels.due(backend, live_worker_ids)]
+        if now >= self.next_cancels and self.busy:  # cancels are of running tasks only
+            self.cancels_due += [c for backend in backends for c in cancels.due(backend, self.busy)]
             self.next_cancels = now + cancels.CANCEL_POLL
         self.retention.tick(now, backends, self.config.retention)
         self.figures.tick(now, backends, self.config.retention)
@@ -314,21 +328,21 @@ class Janitor:
     def _measure_queues(self) -> None:
         """READY depth and age of the oldest READY task per queue, and the paused queues, for
         metrics and autoscaling."""
-        if self.heartbeats:
-            from task_supervisor.models import QueuePause
-
-            backend = self.distinct_backends()[0]
-            with recovery.bounded(backend):
-                paused = QueuePause.objects.using(backend.db_alias).values_list("queue", flat=True)
-                self.stats.paused_queues = dict.fromkeys(paused, 1)
         depth: dict[str, int] = {}
         oldest: dict[str, float] = {}
         now = timezone.now()
-        for backend in self.distinct_backends():
-            for queue, count, first in recovery.ready_by_queue(backend):
-                depth[queue] = depth.get(queue, 0) + count
-                age = (now - first).total_seconds() if first else 0.0
-                oldest[queue] = max(oldest.get(queue, 0.0), age)
+        first_backend, *others = self.distinct_backends()
+        with recovery.bounded(first_backend):  # one transaction for the pauses and the first depths
+            if self.heartbeats:
+                from task_supervisor.models import QueuePause
+
+                paused = QueuePause.objects.using(first_backend.db_alias).values_list("queue", flat=True)
+                self.stats.paused_queues = dict.fromkeys(paused, 1)
+            for backend in [first_backend, *others]:
+                for queue, count, first in recovery.ready_by_queue(backend):
+                    depth[queue] = depth.get(queue, 0) + count
+                    age = (now - first).total_seconds() if first else 0.0
+                    oldest[queue] = max(oldest.get(queue, 0.0), age)
         self.stats.queue_depth = depth
         self.stats.oldest_ready_age = oldest
         self.depth_readings += 1

@@ -165,6 +165,7 @@ class Supervisor:
         if self.janitor is not None and not connecting:
             # One call that may block (each in its time box) per turn, so the endpoints are
             # served between them even while the database hangs.
+            self.janitor.busy = {c.spec.worker_id for c in self.children.values() if c.task is not None}
             cancels = self.janitor.tick(now, self.live_worker_ids(), list(self.pools))
             self.take_renewal()
             # Operators' cancels of tasks our children run: TaskCancelled raised in them.

@@ -5,11 +5,12 @@ one claim attempt per node (a hundred nodes: ninety-nine find nothing). Instead 
 the live nodes that serve the task's queue the same way (by a hash of the task id and the node's
 name: rendezvous hashing), and only the node at the notice's ``hop`` wakes one of its idle
 children. The ranking uses nothing that changes from one heartbeat to the next (an idle count
-would: two nodes reading it at different moments would each think themselves first). A node with no idle child
-passes the notice on (``hop + 1``) to the next in the ranking, at most MAX_HOPS nodes in all: a
-task brings at most one claim attempt from notices, and at most MAX_HOPS - 1 passes (one
-``pg_notify`` each). A task none of them could take is left to the children that finish a task
-and claim again, and to the backlog wake (``backlog_share``), which reads the queue depth.
+would: two nodes reading it at different moments would each think themselves first). A node
+with no idle child passes the notice on (``hop + 1``) to the next in the ranking, at most
+MAX_HOPS nodes in all: a task brings at most one claim attempt from notices, and at most
+MAX_HOPS - 1 passes (one ``pg_notify`` each; a node passes at most a few a second,
+loop/wakeups.py). A task none of them could take is left to the children that finish a task and
+claim again, and to the backlog wake (``backlog_share``), which reads the queue depth.
 
 The view is each node's own, read with its heartbeat: two nodes may briefly disagree on who is
 live, which costs at worst one extra attempt or a task left to the backlog wake.

@@ -25,6 +25,10 @@ from task_supervisor.loop.pool import Pool
 
 Pools = Callable[[], Iterable[Pool]]
 BACKLOG_AGE = 0.5  # seconds a READY task waits before the backlog wake counts it as forgotten
+# Notices passed on per second at most (a token bucket of as many): a pass helps a lone task
+# whose owner is busy while others idle; in a burst every node has its own share of notices,
+# and each pass would be a transaction for nothing.
+PASSES_PER_SECOND = 5.0
 
 
 class Wakeups:
@@ -45,6 +49,8 @@ class Wakeups:
         # notice for every node), "backlog"; and "passed" (notices this node passed on)
         self.counts: collections.Counter[str] = collections.Counter()
         self.epoch = 0  # backlog readings so far
+        self.passes = PASSES_PER_SECOND  # tokens left
+        self.passes_at = 0.0
 
     def instant(self, now: float) -> bool:
         """Do notices of new tasks reach this node, for every database it listens to?"""
@@ -98,10 +104,22 @@ class Wakeups:
         # next node, and only when there is none the child that will claim again after its task.
         if self.wake_one(notice.queue, now, fresh_only=True):
             self.counts[how] += 1
-        elif self.fleet.may_pass(notice.queue, notice.task_id, notice.hop) and listener.send(notice.passed()):
+        elif (
+            self.fleet.may_pass(notice.queue, notice.task_id, notice.hop)
+            and self.take_pass(now)
+            and listener.send(notice.passed())
+        ):
             self.counts["passed"] += 1
         elif self.wake_one(notice.queue, now):
             self.counts[how] += 1
+
+    def take_pass(self, now: float) -> bool:
+        self.passes = min(PASSES_PER_SECOND, self.passes + (now - self.passes_at) * PASSES_PER_SECOND)
+        self.passes_at = now
+        if self.passes < 1.0:
+            return False
+        self.passes -= 1.0
+        return True
 
     def backlog(self, depths: dict[str, int], skip: Iterable[str], now: float) -> None:
         """READY tasks that waited past BACKLOG_AGE (``depths``, per queue) were brought to no

@@ -210,3 +210,19 @@ def test_the_child_stretches_its_poll_when_told_and_goes_back_when_told():
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_burst_passes_only_a_few_notices_a_second_on():
+    nodes = ["a", "b", "c"]
+    keys = [f"burst-{n}" for n in range(200)]
+    owner = "a"
+    mine = [k for k in keys if owner_of(k, nodes) == owner]
+    kid = FakeChild()
+    kid.state = ChildState.BUSY
+    listener = FakeListener()
+    busy = wakeups(owner, [kid], nodes)
+    for key in mine:
+        busy.route(listener, Notice("default", key), 50.0)  # type: ignore[arg-type]
+    assert len(listener.sent) == 5 and busy.counts["passed"] == 5
+    busy.route(listener, Notice("default", mine[0]), 51.0)  # a second later: tokens again
+    assert len(listener.sent) == 6

@@ -16,7 +16,7 @@ import pytest
 
 from task_supervisor.chores import janitor as janitor_module
 from task_supervisor.chores import recovery
-from task_supervisor.chores.janitor import SWEEP_INTERVAL, Janitor
+from task_supervisor.chores.janitor import SWEEP_AFTER_EXIT, SWEEP_IDLE_INTERVAL, SWEEP_INTERVAL, Janitor
 from task_supervisor.chores.recovery import LostTask
 from task_supervisor.config import config_from_dict
 
@@ -116,18 +116,23 @@ def test_the_sweep_never_takes_a_live_childs_row_even_if_the_query_returned_it(m
     assert not janitor.pending
 
 
-def test_the_sweep_runs_every_interval_and_the_loop_wakes_for_it(monkeypatch):
+def test_the_sweep_runs_every_interval_after_an_exit_and_seldom_otherwise(monkeypatch):
     janitor, database, clock = make_janitor(monkeypatch)
     live = {"n1:default:0:1"}
     janitor.tick(clock.now, live, ["default"])
     assert len(database.sweeps) == 1
-    assert janitor.next_due() == pytest.approx(clock.now + SWEEP_INTERVAL)
+    assert janitor.next_due() == pytest.approx(clock.now + SWEEP_IDLE_INTERVAL)  # no child exited
+    exit_of(janitor, "n1:default:0:0")
+    janitor.tick(clock.now, live, ["default"])  # its loss finished
+    assert janitor.next_due() == pytest.approx(clock.now + SWEEP_INTERVAL)  # pulled in by the exit
     clock.now += SWEEP_INTERVAL / 2
     janitor.tick(clock.now, live, ["default"])
     assert len(database.sweeps) == 1
-    clock.now += SWEEP_INTERVAL / 2
-    janitor.tick(clock.now, live, ["default"])
-    assert len(database.sweeps) == 2
+    while clock.now < janitor.last_exit_at + SWEEP_AFTER_EXIT:
+        clock.now = janitor.next_due()
+        janitor.tick(clock.now, live, ["default"])
+    assert len(database.sweeps) == 1 + SWEEP_AFTER_EXIT / SWEEP_INTERVAL  # every SWEEP_INTERVAL till then
+    assert janitor.next_due() == pytest.approx(clock.now + SWEEP_IDLE_INTERVAL)
 
 
 def test_a_swept_row_is_finished_on_the_next_turn_with_the_unstarted_verdict(monkeypatch):

@@ -2,7 +2,8 @@
 
 The database comes from the environment, so that bare db_workers and the supervisor's children
 run on exactly the same one: BENCH_DB_ENGINE = "postgres" (BENCH_DB_NAME is a database on
-127.0.0.1:5432, user postgres) or "sqlite" (BENCH_DB_NAME is a file path). Django's defaults
+127.0.0.1:5432, user postgres; BENCH_PG_PORT another port, BENCH_PG_DIRECT_PORT a direct port beside
+a PgBouncer one) or "sqlite" (BENCH_DB_NAME is a file path). Django's defaults
 otherwise, CONN_MAX_AGE = 0 included: that is what a bare db_worker gets.
 """
 
@@ -32,6 +33,11 @@ def database(engine: str, name: str) -> dict[str, Any]:
 
 
 DATABASES = {"default": database(os.environ.get("BENCH_DB_ENGINE", "sqlite"), os.environ.get("BENCH_DB_NAME", ""))}
+if os.environ.get("BENCH_PG_DIRECT_PORT"):
+    # bench/fleet.py through PgBouncer: "default" goes through it, "direct" (the supervisor's
+    # LISTEN, listen_database) does not.
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+    DATABASES["direct"] = {**DATABASES["default"], "PORT": os.environ["BENCH_PG_DIRECT_PORT"]}
 
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": []}}
 
