@@ -10,7 +10,7 @@ PY311 := $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: demo test venvs system-packages lint bench clean
+.PHONY: demo test venvs system-packages lint bench bench-fleet clean
 
 $(VENV)/.stamp: pyproject.toml
 	@test -n "$(PY312)" || { echo "Python 3.12 or newer is needed (Django 6); install it or pyenv 3.12" >&2; exit 1; }
@@ -66,6 +66,10 @@ $(VENV)/.bench-stamp: $(VENV)/.stamp
 
 bench: $(VENV)/.bench-stamp
 	$(VENV)/bin/python bench/run.py
+
+# 20 supervisors x 8 children on a PostgreSQL cluster of its own, through PgBouncer and direct.
+bench-fleet: $(VENV)/.stamp system-packages
+	$(VENV)/bin/python bench/fleet.py
 
 clean:
 	rm -rf $(VENV) .venv-compat-b .venv-compat-c build dist *.egg-info example/db.sqlite3

@@ -226,3 +226,12 @@ def test_a_burst_passes_only_a_few_notices_a_second_on():
     assert len(listener.sent) == 5 and busy.counts["passed"] == 5
     busy.route(listener, Notice("default", mine[0]), 51.0)  # a second later: tokens again
     assert len(listener.sent) == 6
+
+
+def test_pooled_settings_that_break_under_transaction_pooling_are_named():
+    from task_supervisor import pooling
+
+    warnings = pooling._pooled_settings("default", {"OPTIONS": {"server_side_binding": True}})
+    assert len(warnings) == 2
+    assert "set DISABLE_SERVER_SIDE_CURSORS = True" in warnings[0] and "server_side_binding" in warnings[1]
+    assert pooling._pooled_settings("default", {"DISABLE_SERVER_SIDE_CURSORS": True}) == []
