@@ -49,6 +49,7 @@ class Wakeups:
         # notice for every node), "backlog"; and "passed" (notices this node passed on)
         self.counts: collections.Counter[str] = collections.Counter()
         self.epoch = 0  # backlog readings so far
+        self.registered: dict[ReadyListener, int] = {}  # the LISTEN sockets in the selector
         self.passes = PASSES_PER_SECOND  # tokens left
         self.passes_at = 0.0
 
@@ -77,19 +78,25 @@ class Wakeups:
                 if listener.connect(now):
                     fd = listener.fileno()
                     assert fd is not None
-                    self.selector.register(fd, selectors.EVENT_READ, lambda mask, li=listener, fd=fd: self.read(li, fd))
+                    self.registered[listener] = fd
+                    self.selector.register(fd, selectors.EVENT_READ, lambda mask, li=listener: self.read(li))
             elif not blocked:
                 blocked = listener.probe(now)
             listener.warn_if_deaf(now)
             for notice in listener.due():
                 self.route(listener, notice, now)
+            self.forget_if_lost(listener)
         return blocked
 
-    def read(self, listener: ReadyListener, fd: int) -> None:
+    def read(self, listener: ReadyListener) -> None:
         """The LISTEN socket is readable: act on each notice."""
         for notice in listener.read():
             self.route(listener, notice, self.clock())
-        if listener.conn is None:  # the connection was lost while reading
+        self.forget_if_lost(listener)
+
+    def forget_if_lost(self, listener: ReadyListener) -> None:
+        """Stop watching the socket of a connection lost while reading or passing a notice on."""
+        if listener.conn is None and (fd := self.registered.pop(listener, None)) is not None:
             self.selector.unregister(fd)
 
     def route(self, listener: ReadyListener, notice: Notice, now: float) -> None:

@@ -235,3 +235,44 @@ def test_pooled_settings_that_break_under_transaction_pooling_are_named():
     assert len(warnings) == 2
     assert "set DISABLE_SERVER_SIDE_CURSORS = True" in warnings[0] and "server_side_binding" in warnings[1]
     assert pooling._pooled_settings("default", {"DISABLE_SERVER_SIDE_CURSORS": True}) == []
+
+
+class DyingListener:
+    """A connected listener whose connection is lost when it passes a notice on."""
+
+    def __init__(self, key: str) -> None:
+        self.conn: object | None = object()
+        self.retry_at = 0.0
+        self.key = key
+
+    def probe(self, now: float) -> bool:
+        return False
+
+    def warn_if_deaf(self, now: float) -> None:
+        pass
+
+    def due(self) -> list[Notice]:
+        return [Notice("default", self.key)]
+
+    def send(self, notice: Notice) -> bool:
+        self.conn = None
+        return False
+
+
+def test_a_connection_lost_while_passing_a_notice_on_leaves_the_selector():
+    nodes = ["a", "b", "c"]
+    key = next(k for k in (f"k{n}" for n in range(100)) if owner_of(k, nodes) == "a")
+    listener = DyingListener(key)
+    busy = FakeChild()
+    busy.state = ChildState.BUSY
+    mine = wakeups("a", [busy], nodes)
+    mine.listeners = [listener]  # type: ignore[list-item]
+    r, w = os.pipe()
+    try:
+        mine.selector.register(r, selectors.EVENT_READ)
+        mine.registered[listener] = r  # type: ignore[index]
+        mine.tick(1.0)
+        assert listener.conn is None and not mine.registered and not mine.selector.get_map()
+    finally:
+        os.close(r)
+        os.close(w)
