@@ -28,6 +28,7 @@ from task_supervisor.chores.flowcensus import FlowCensus
 from task_supervisor.chores.recovery import FailedTask, LostTask
 from task_supervisor.chores.retention import Retention
 from task_supervisor.chores.timebox import timebox
+from task_supervisor.chores.workflowsweep import WorkflowSweep
 from task_supervisor.compat import TaskBackend
 from task_supervisor.config import Config, PoolConfig
 from task_supervisor.observe.stats import Stats
@@ -84,6 +85,7 @@ class Janitor:
         self.retention = Retention(config.supervisor.node, clock, self.stats)
         self.figures = Figures(config.supervisor.node, clock)
         self.flow = FlowCensus(clock, self.stats)  # [limits]: what each key holds back
+        self.workflows = WorkflowSweep(config, clock, self.stats)  # hand-overs a child did not complete
         self.publish: Callable[[], dict[str, Any]] | None = None  # the loop's status, for the dashboard
         if not self.heartbeats:
             log.warning(
@@ -209,6 +211,7 @@ class Janitor:
                 moments.append(max(self.retry_at, self.retention.next_due()))
             moments.append(max(self.retry_at, self.figures.next_due()))
             moments.append(max(self.retry_at, self.flow.next_due(self.config.limits)))
+            moments.append(max(self.retry_at, self.workflows.next_due()))
         return min(moments)
 
     def tick(self, now: float, live_worker_ids: set[str], pools: list[str]) -> list[tuple[str, str]]:
@@ -261,6 +264,7 @@ class Janitor:
         self.retention.tick(now, backends, self.config.retention)
         self.figures.tick(now, backends, self.config.retention)
         self.flow.tick(now, backends, self.config.limits)
+        self.workflows.tick(now, backends)
 
     def _chores_failed(self, now: float, exc: Exception) -> None:
         from django.db import connections
