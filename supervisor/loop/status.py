@@ -68,6 +68,7 @@ def snapshot(sup: Supervisor, now: float, wall: float) -> dict[str, Any]:
             "node_timeout": sup.config.supervisor.node_timeout,
         },
         "paused_queues": sorted(sup.stats.paused_queues),
+        "workflows": dict(sup.stats.workflows),  # state -> workflows, counted by the janitor's sweep
         # [limits]: per limit, what its keys hold back (the janitor's census); claims that found
         # nothing eligible because of them
         "flow": {"limits": sup.stats.flow, "held_claims": sum(sup.stats.held_claims.values())},

@@ -143,11 +143,15 @@ def _record_outcomes(backend: Any, steps: dict[str, Any], failure_is_final: Fail
 
 
 def failure_text(row: Any) -> str:
-    """The exception class and the traceback's last line."""
-    lines = [line for line in str(row.traceback or "").splitlines() if line.strip()]
-    last = lines[-1].strip() if lines else ""
-    text = last if last.startswith(str(row.exception_class_path)) else f"{row.exception_class_path}: {last}"
-    return text[:ERROR_MAX]
+    """The exception class and the traceback's last line: "builtins.ValueError: no"."""
+    path = str(row.exception_class_path or "")
+    lines = [line.strip() for line in str(row.traceback or "").splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    for prefix in (f"{path}:", f"{path.rsplit('.', 1)[-1]}:"):
+        if last.startswith(prefix):
+            last = last[len(prefix) :].strip()
+            break
+    return f"{path}: {last}"[:ERROR_MAX]
 
 
 def _apply(backend: Any, workflow: Any, steps: dict[str, Any], decision: plan.Decision, report: Report) -> None:

@@ -30,7 +30,7 @@ def task_classes() -> tuple[type, ...]:
     found = []
     for module in ("django.tasks", "django_tasks"):
         try:
-            found.append(getattr(__import__(module, fromlist=["Task"]), "Task"))
+            found.append(__import__(module, fromlist=["Task"]).Task)
         except (ImportError, AttributeError):
             continue
     return tuple(cls for cls in found if isinstance(cls, type))

@@ -140,9 +140,7 @@ def test_a_chord_callback_is_ready_only_after_the_last_member_whatever_the_order
 
 
 def test_a_failed_step_fails_the_workflow_cancels_what_has_not_started_and_fires_the_error_callback():
-    steps = views(
-        ("0.0", FAILED, ()), ("0.1", ENQUEUED, ()), ("1", PENDING, ("0.0", "0.1")), (ON_ERROR, PENDING, ())
-    )
+    steps = views(("0.0", FAILED, ()), ("0.1", ENQUEUED, ()), ("1", PENDING, ("0.0", "0.1")), (ON_ERROR, PENDING, ()))
     decision = decide(RUNNING, steps)
     assert decision.workflow_state == FAILED and decision.failed_step == "0.0"
     assert decision.cancel == ("1",) and decision.enqueue == (ON_ERROR,)
