@@ -3,6 +3,10 @@ from step to step (a child's fast path, the janitor's sweep for failures), cance
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from task_supervisor.workflows import chain, chord, group, step
@@ -114,3 +118,20 @@ def test_status_and_metrics_count_workflows_by_state(supervisor, db):
     handle = chain(step(tasks.add, 1, 2), step(tasks.fail).immutable()).enqueue()
     assert finished(sup, handle) == "FAILED"
     wait_until(lambda: (sup.status().get("workflows") or {}).get("FAILED") == 1, DEADLINE, 0.2, message=sup.tail)
+    listed = cli(sup, "workflows", "--state", "FAILED", "--json")
+    assert [r["id"] for r in listed["rows"]] == [handle.id]
+    shown = cli(sup, "workflows", "show", handle.id, "--json")
+    assert [(r["step"], r["state"]) for r in shown["rows"]] == [("0", "SUCCEEDED"), ("1", "FAILED")]
+    assert shown["rows"][1]["error"].startswith("builtins.ValueError")
+
+
+def cli(sup, *args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "task_supervisor", *args, "-c", str(sup.config_path)],
+        env=sup.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
