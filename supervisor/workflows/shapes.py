@@ -26,14 +26,18 @@ class WorkflowError(ValueError):
 
 
 def task_classes() -> tuple[type, ...]:
-    """The Task classes of the task frameworks importable here."""
+    """The Task classes of the task frameworks importable here (``base.Task`` in every version)."""
+    import importlib
+
     found = []
-    for module in ("django.tasks", "django_tasks"):
+    for module in ("django.tasks.base", "django_tasks.base"):
         try:
-            found.append(__import__(module, fromlist=["Task"]).Task)
+            cls = importlib.import_module(module).Task
         except (ImportError, AttributeError):
             continue
-    return tuple(cls for cls in found if isinstance(cls, type))
+        if isinstance(cls, type):
+            found.append(cls)
+    return tuple(found)
 
 
 def is_task(value: Any) -> bool:
