@@ -205,3 +205,54 @@ def test_a_workflow_enqueued_in_a_transaction_that_rolls_back_leaves_nothing(db)
         chain(step(tasks.noop), step(tasks.noop)).enqueue()
         raise RuntimeError("the view failed")
     assert not Workflow.objects.exists() and not tasks_model().objects.exists()
+
+
+def test_the_childs_fast_path_hands_over_after_a_success_only_and_never_raises(db, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from django.utils import timezone
+    from tsapp import tasks
+
+    from task_supervisor import events
+    from task_supervisor.worker.steps import StepHandOver
+
+    handle = chain(step(tasks.add, 1, 2), step(tasks.add, 10)).enqueue()
+    task_id = handle.step("0").task_id
+    fast = StepHandOver(backend(), clock=lambda: 0.0)
+    tasks_model().objects.filter(id=task_id).update(status="FAILED", finished_at=timezone.now())
+    fast.finished(None, SimpleNamespace(id=task_id, status="FAILED"))
+    assert states(handle) == {"0": "ENQUEUED", "1": "PENDING"}  # failures are the sweep's
+    tasks_model().objects.filter(id=task_id).update(status="SUCCESSFUL", return_value=3)
+    fast.finished(None, SimpleNamespace(id=task_id, status="SUCCESSFUL"))
+    assert states(handle) == {"0": "SUCCEEDED", "1": "ENQUEUED"} and args_of(handle, "1") == [3, 10]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(handover, "advance", broken)
+    fast.finished(None, SimpleNamespace(id=handle.step("1").task_id, status="SUCCESSFUL"))
+    assert [r for r in caplog.records if getattr(r, "event", "") == events.WORKFLOW_HANDOVER_FAILED]
+
+
+def test_the_sweep_is_bounded_and_its_cursor_reaches_every_workflow(db, monkeypatch):
+    from tsapp import tasks
+
+    from task_supervisor.chores import workflowsweep
+    from task_supervisor.config import config_from_dict
+    from task_supervisor.observe.stats import Stats
+
+    monkeypatch.setattr(workflowsweep, "STEPS_PER_SWEEP", 3)
+    monkeypatch.setattr(workflowsweep, "WORKFLOWS_PER_SWEEP", 1)
+    config = config_from_dict({"django": {"settings": "s"}, "pools": {"default": {}}}, Path("config.toml"))
+    clock = [0.0]
+    sweep = workflowsweep.WorkflowSweep(config, lambda: clock[0], Stats())
+    handles = [group(step(tasks.noop), step(tasks.noop)).enqueue() for _ in range(4)]
+    tasks_model().objects.update(status="SUCCESSFUL")
+    turns = 0
+    while any(h.state == "RUNNING" for h in handles):
+        turns += 1
+        assert turns <= 12, [h.state for h in handles]
+        before = sum(h.state != "RUNNING" for h in handles)
+        sweep.tick(clock[0], [backend()])
+        assert sum(h.state != "RUNNING" for h in handles) - before <= 1  # one workflow per sweep
+        clock[0] = sweep.next_due()

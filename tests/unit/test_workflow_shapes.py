@@ -160,3 +160,17 @@ def test_a_cancelled_workflow_never_enqueues_and_never_fires_its_error_callback(
     decision = decide(CANCELLED, steps)
     assert decision.workflow_state == CANCELLED and decision.enqueue == ()
     assert decision.cancel == ("1", ON_ERROR)
+
+
+def test_workflows_by_state_and_the_sweeps_hand_overs_are_prometheus_metrics():
+    from task_supervisor.observe.exposition import Metrics
+    from task_supervisor.observe.stats import Stats
+
+    stats = Stats()
+    stats.workflows = {"RUNNING": 3, "SUCCEEDED": 7, "FAILED": 1, "CANCELLED": 0}
+    stats.workflow_sweeps["handed_over"] += 2
+    snapshot = {"version": "1", "node": "n", "uptime": 1.0, "pools": [], "database": {"ok": True}}
+    body = Metrics(lambda: snapshot, stats).response().body.decode()
+    assert 'task_supervisor_workflows{state="SUCCEEDED"} 7.0' in body
+    assert 'task_supervisor_workflows{state="CANCELLED"} 0.0' in body
+    assert 'task_supervisor_workflow_sweeps_total{outcome="handed_over"} 2.0' in body
