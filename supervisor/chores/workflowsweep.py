@@ -28,6 +28,7 @@ from task_supervisor.workflows import handover, plan
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 2.0  # seconds between sweeps
+COUNT_INTERVAL = 10.0  # seconds between counts of workflows by state (a GROUP BY over all of them)
 STEPS_PER_SWEEP = 500
 WORKFLOWS_PER_SWEEP = 20
 # Seconds after which a FAILED row that its retry policy would retry, but which is still FAILED,
@@ -43,6 +44,7 @@ class WorkflowSweep:
         self.stats = stats
         self.next_at = 0.0
         self.cursor = 0  # the last step id looked at; 0 starts over
+        self.next_count = 0.0
 
     def next_due(self) -> float:
         return self.next_at
@@ -56,7 +58,9 @@ class WorkflowSweep:
         due, overdue = self.due(backend)
         for workflow_id in due:
             self.hand_over(backend, workflow_id, overdue)
-        self.count(backend)
+        if now >= self.next_count:
+            self.count(backend)
+            self.next_count = now + COUNT_INTERVAL
 
     def due(self, backend: TaskBackend) -> tuple[list[Any], set[str]]:
         """Workflows with a step to hand over, and the FAILED task ids whose retry is overdue."""

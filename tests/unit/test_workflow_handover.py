@@ -152,7 +152,7 @@ def test_the_sweep_judges_failures_by_the_retry_policies_and_completes_hand_over
     assert done.state == "RUNNING" and states(done)["1"] == "ENQUEUED"  # the child's hand-over, done by the sweep
     assert retried.state == "RUNNING"  # attempt 1 of 2: a retry is coming
     row.update(worker_ids=["n:default:0:1", "n:default:0:2"])
-    sweep.tick(5.0, [backend()])
+    sweep.tick(10.0, [backend()])
     assert retried.state == "FAILED" and states(retried)["1"] == "CANCELLED"
     assert stats.workflows == {"RUNNING": 1, "SUCCEEDED": 0, "FAILED": 1, "CANCELLED": 0}
     assert stats.workflow_sweeps["handed_over"] == 2
