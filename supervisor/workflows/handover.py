@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -230,7 +231,7 @@ def _failure(workflow: Any, steps: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def log_report(report: Report) -> None:
-    extra = {"workflow_id": report.workflow_id}
+    extra = {"workflow_id": report.workflow_id, "pid": os.getpid()}  # a child's fast path, or a sweep
     for path in report.enqueued:
         log.info(
             "Workflow %s: step %s enqueued",

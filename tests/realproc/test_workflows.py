@@ -110,6 +110,21 @@ def test_cancel_stops_the_running_step_and_nothing_after_it_is_enqueued(supervis
     assert task_rows().count() == 1
 
 
+def test_a_child_dying_between_a_steps_verdict_and_its_hand_over_is_covered_by_the_sweep(supervisor, db, tmp_path):
+    from tsapp import tasks
+
+    from task_supervisor import events
+
+    sup = supervisor(config_toml(TWO))
+    marker = tmp_path / "died"
+    handle = chain(step(tasks.die_after_verdict, str(marker), 5), step(tasks.add, 1)).enqueue()
+    assert finished(sup, handle) == "SUCCEEDED" and handle.result == 6
+    assert marker.exists()  # the child died right after the verdict, before handing over
+    handed = sup.wait_event(events.WORKFLOW_STEP_ENQUEUED, workflow_id=handle.id, step="1")
+    assert handed["pid"] == sup.pid  # the supervisor's sweep enqueued the next step, not a child
+    assert task_rows().count() == 2
+
+
 @pytest.mark.parametrize("db", ["postgres"], indirect=True)
 def test_status_and_metrics_count_workflows_by_state(supervisor, db):
     from tsapp import tasks

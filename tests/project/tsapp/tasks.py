@@ -235,3 +235,9 @@ def slow_add(a: int, b: int, seconds: float = 0.0) -> int:
 def echo(value: object) -> object:
     """An error callback: returns what it was told, so a test reads it from the row."""
     return value
+
+
+@task()
+def die_after_verdict(marker: str, value: int) -> int:
+    """Succeeds; then its child dies before handing over (tsapp/apps.py's receiver)."""
+    return value
