@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from task_supervisor import exitcodes
 from task_supervisor.workflows import chain, chord, group, step
 from task_supervisor.workflows import ops as wops
 from task_supervisor.workflows.shapes import ON_ERROR
@@ -138,15 +139,21 @@ def test_status_and_metrics_count_workflows_by_state(supervisor, db):
     shown = cli(sup, "workflows", "show", handle.id, "--json")
     assert [(r["step"], r["state"]) for r in shown["rows"]] == [("0", "SUCCEEDED"), ("1", "FAILED")]
     assert shown["rows"][1]["error"].startswith("builtins.ValueError")
+    refused = run_cli(sup, "workflows", "cancel", "no-such-id")
+    assert refused.returncode == exitcodes.EX_REFUSED and "No workflow has id 'no-such-id'" in refused.stderr
 
 
-def cli(sup, *args: str) -> dict:
-    out = subprocess.run(
+def run_cli(sup, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "task_supervisor", *args, "-c", str(sup.config_path)],
         env=sup.env,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def cli(sup, *args: str) -> dict:
+    out = run_cli(sup, *args)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
