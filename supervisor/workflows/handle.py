@@ -59,12 +59,15 @@ class WorkflowHandle:
 
     def task_result(self, path: str) -> Any:
         """The framework's TaskResult of a step's task (None before it is enqueued)."""
+        from task_supervisor.models import WorkflowStep
         from task_supervisor.workflows.handover import build_task
 
-        found = self.step(path)
-        if not found.task_id:
+        row = WorkflowStep.objects.using(self.alias).filter(workflow_id=self.id, path=path).first()
+        if row is None:
+            raise LookupError(f"Workflow {self.id} has no step {path!r}.")
+        if not row.task_result_id:
             return None
-        return build_task(found.task_path, {}).get_result(found.task_id)
+        return build_task(row.task_path, row.options or {}).get_result(row.task_result_id)
 
     @property
     def result(self) -> Any:
