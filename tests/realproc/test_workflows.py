@@ -157,3 +157,21 @@ def cli(sup, *args: str) -> dict:
     out = run_cli(sup, *args)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("db", ["postgres"], indirect=True)
+def test_two_nodes_share_chords_and_each_callback_is_enqueued_once(supervisor, db):
+    """Members of one chord finish on both nodes; the callback is enqueued once, by whichever
+    hand-over counts the last member under the workflow row's lock."""
+    from tsapp import tasks
+
+    nodes = [supervisor(config_toml(TWO, node=name)) for name in ("node-a", "node-b")]
+    handles = [
+        chord(group(*[step(tasks.slow_add, i, k, 0.02 * (k % 3)) for k in range(10)]), step(tasks.total)).enqueue()
+        for i in range(20)
+    ]
+    for i, handle in enumerate(handles):
+        assert finished(nodes[0], handle) == "SUCCEEDED" and handle.result == 10 * i + 45
+    assert task_rows().filter(task_path="tsapp.tasks.total").count() == len(handles)
+    ran_on = {ids[-1].split(":")[0] for ids in task_rows().values_list("worker_ids", flat=True)}
+    assert ran_on == {"node-a", "node-b"}
