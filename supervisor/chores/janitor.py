@@ -117,12 +117,14 @@ class Janitor:
     def lost(self, pool: str, lost: LostTask) -> None:
         """A child exited: finish the row it may have left RUNNING."""
         self.exited[lost.worker_id] = None
+        self.workflows.nudge()  # it may have died between a step's verdict and its hand-over
         while len(self.exited) > EXITS_KEPT:
             del self.exited[next(iter(self.exited))]
         self.pending.append((self.backend_for(pool), lost))
 
     def task_failed(self, pool: str, failed: FailedTask) -> None:
         """A child reported a task FAILED; retry it if a policy covers it (never a cancelled one)."""
+        self.workflows.nudge()  # a workflow step's failure is judged by the sweep
         if failed.exception_path == CANCELLED:
             return
         if self.config.retry_policy(pool, failed.path) is not None:

@@ -8,6 +8,10 @@ Bounded: at most STEPS_PER_SWEEP ENQUEUED steps are looked at per sweep (a curso
 across sweeps) and at most WORKFLOWS_PER_SWEEP workflows advanced, each in its own short
 transaction under the chores' statement limits; every node sweeps, and the workflow row's lock
 makes their hand-overs of one workflow take turns.
+
+Cheap when idle: one transaction per sweep, every SWEEP_INTERVAL while steps are in flight, every
+IDLE_INTERVAL when the last sweep found none; a child's exit or a failed task on this node
+(``nudge``, from the janitor) brings the next sweep forward to the next turn.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from task_supervisor.workflows import handover, plan
 
 log = logging.getLogger(__name__)
 
-SWEEP_INTERVAL = 2.0  # seconds between sweeps
+SWEEP_INTERVAL = 2.0  # seconds between sweeps while steps are in flight
+IDLE_INTERVAL = 10.0  # seconds between sweeps while none is: one short transaction
 COUNT_INTERVAL = 10.0  # seconds between counts of workflows by state (a GROUP BY over all of them)
 STEPS_PER_SWEEP = 500
 WORKFLOWS_PER_SWEEP = 20
@@ -49,29 +54,41 @@ class WorkflowSweep:
     def next_due(self) -> float:
         return self.next_at
 
+    def nudge(self) -> None:
+        """Something may want a hand-over (a child exited, a task failed): sweep on the next turn."""
+        self.next_at = min(self.next_at, self.clock())
+
     def tick(self, now: float, backends: list[TaskBackend]) -> None:
         if now < self.next_at or not backends:
             return
-        self.next_at = now + SWEEP_INTERVAL
         backend = backends[0]
         recovery.set_sqlite_busy_timeout(backend)
-        due, overdue = self.due(backend)
+        with recovery.bounded(backend):
+            found = self.in_flight(backend)
+            if now >= self.next_count:
+                self.count(backend)
+                self.next_count = now + COUNT_INTERVAL
+        self.next_at = now + (SWEEP_INTERVAL if found else IDLE_INTERVAL)
+        due, overdue = self.due(backend, found)
         for workflow_id in due:
             self.hand_over(backend, workflow_id, overdue)
-        if now >= self.next_count:
-            self.count(backend)
-            self.next_count = now + COUNT_INTERVAL
 
-    def due(self, backend: TaskBackend) -> tuple[list[Any], set[str]]:
+    def in_flight(self, backend: TaskBackend) -> list[tuple[int, Any, str]]:
+        """(step id, workflow id, task id) of ENQUEUED steps, from the cursor on, at most STEPS_PER_SWEEP."""
+        from task_supervisor.models import WorkflowStep
+
+        steps = WorkflowStep.objects.using(backend.db_alias).filter(state=plan.ENQUEUED, id__gt=self.cursor)
+        found = list(steps.order_by("id").values_list("id", "workflow_id", "task_result_id")[:STEPS_PER_SWEEP])
+        self.cursor = found[-1][0] if len(found) == STEPS_PER_SWEEP else 0
+        return found
+
+    def due(self, backend: TaskBackend, found: list[tuple[int, Any, str]]) -> tuple[list[Any], set[str]]:
         """Workflows with a step to hand over, and the FAILED task ids whose retry is overdue."""
         from django.db.models.functions import Now
 
-        from task_supervisor.models import WorkflowStep
-
+        if not found:
+            return [], set()
         with recovery.bounded(backend):
-            steps = WorkflowStep.objects.using(backend.db_alias).filter(state=plan.ENQUEUED, id__gt=self.cursor)
-            found = list(steps.order_by("id").values_list("id", "workflow_id", "task_result_id")[:STEPS_PER_SWEEP])
-            self.cursor = found[-1][0] if len(found) == STEPS_PER_SWEEP else 0
             tasks = backend.model._base_manager.using(backend.db_alias).filter(id__in=[f[2] for f in found])
             rows = {str(r["id"]): r for r in tasks.values("id", "status", *FAILURE_FIELDS)}
             failed = [i for i, r in rows.items() if r["status"] == "FAILED"]
@@ -126,9 +143,8 @@ class WorkflowSweep:
 
         from task_supervisor.models import Workflow
 
-        with recovery.bounded(backend):
-            rows = Workflow.objects.using(backend.db_alias).values("state").annotate(n=Count("pk")).order_by()
-            counted = {r["state"]: r["n"] for r in rows}
+        rows = Workflow.objects.using(backend.db_alias).values("state").annotate(n=Count("pk")).order_by()
+        counted = {r["state"]: r["n"] for r in rows}
         self.stats.workflows = {state: counted.get(state, 0) for state in plan.WORKFLOW_STATES}
 
 

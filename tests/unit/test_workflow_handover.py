@@ -154,6 +154,7 @@ def test_the_sweep_judges_failures_by_the_retry_policies_and_completes_hand_over
     row.update(worker_ids=["n:default:0:1", "n:default:0:2"])
     sweep.tick(10.0, [backend()])
     assert retried.state == "FAILED" and states(retried)["1"] == "CANCELLED"
+    sweep.tick(20.0, [backend()])  # counted at the start of a sweep, every COUNT_INTERVAL
     assert stats.workflows == {"RUNNING": 1, "SUCCEEDED": 0, "FAILED": 1, "CANCELLED": 0}
     assert stats.workflow_sweeps["handed_over"] == 2
 
@@ -256,3 +257,25 @@ def test_the_sweep_is_bounded_and_its_cursor_reaches_every_workflow(db, monkeypa
         sweep.tick(clock[0], [backend()])
         assert sum(h.state != "RUNNING" for h in handles) - before <= 1  # one workflow per sweep
         clock[0] = sweep.next_due()
+
+
+def test_a_workflow_enqueued_just_after_the_childs_look_is_handed_over_at_its_next_look(db):
+    from types import SimpleNamespace
+
+    from tsapp import tasks
+
+    from task_supervisor.worker.steps import CHECK_EVERY, StepHandOver
+
+    clock = [0.0]
+    fast = StepHandOver(backend(), clock=lambda: clock[0])
+    other = tasks.noop.enqueue()
+    tasks_model().objects.filter(id=other.id).update(status="SUCCESSFUL")
+    fast.finished(None, SimpleNamespace(id=other.id, status="SUCCESSFUL"))  # a look: no workflow
+    assert fast.unchecked == []
+    handle = chain(step(tasks.add, 1, 2), step(tasks.add, 10)).enqueue()  # just after that look
+    tasks_model().objects.filter(id=handle.step("0").task_id).update(status="SUCCESSFUL", return_value=3)
+    fast.finished(None, SimpleNamespace(id=handle.step("0").task_id, status="SUCCESSFUL"))
+    assert states(handle) == {"0": "ENQUEUED", "1": "PENDING"} and fast.unchecked  # kept, not looked up
+    clock[0] += CHECK_EVERY
+    fast.finished(None, SimpleNamespace(id=other.id, status="SUCCESSFUL"))  # the next look finds it
+    assert states(handle) == {"0": "SUCCEEDED", "1": "ENQUEUED"} and fast.unchecked == []
