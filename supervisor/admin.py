@@ -319,3 +319,4 @@ class UniqueTaskAdmin(ReadOnly):
 
 # The live dashboard, /admin/task_supervisor/dashboard/ (a module of its own).
 from task_supervisor import dashboard_views  # noqa: E402, F401
+from task_supervisor.workflows import admin as workflows_admin  # noqa: E402, F401  (workflows' pages)

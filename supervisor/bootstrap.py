@@ -128,6 +128,8 @@ CHILD_MODULES = (
     "task_supervisor.worker.flow",
     "task_supervisor.worker.proctitle",
     "task_supervisor.worker.rowguard",
+    "task_supervisor.worker.steps",
+    "task_supervisor.workflows.handover",
 )
 
 

@@ -80,3 +80,9 @@ OPERATOR_ACTION = "operator_action"  # fields: verb, actor, rows
 TASK_CANCEL_SENT = "task_cancel_sent"  # a supervisor told its child to stop a cancelled task
 TASK_CANCEL_KILL = "task_cancel_kill"  # the cancelled task did not stop within kill_after
 ROWS_PRUNED = "rows_pruned"  # fields: kind, rows
+
+# Workflows (task_supervisor.workflows): hand-overs from step to step.
+WORKFLOW_ENQUEUED = "workflow_enqueued"  # fields: workflow_id, steps
+WORKFLOW_STEP_ENQUEUED = "workflow_step_enqueued"  # fields: workflow_id, step
+WORKFLOW_FINISHED = "workflow_finished"  # fields: workflow_id, state
+WORKFLOW_HANDOVER_FAILED = "workflow_handover_failed"  # the sweep completes it; fields: workflow_id

@@ -30,6 +30,10 @@ _FIELDS = (
     "actor",
     "rows",
     "kind",
+    "workflow_id",  # workflows: which one, which step ("1.0.2"), its state, how many steps
+    "step",
+    "state",
+    "steps",
 )
 
 

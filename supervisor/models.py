@@ -264,3 +264,74 @@ class UniqueTask(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+# -- workflows: chains, groups and chords of tasks (task_supervisor.workflows) ------------------
+
+
+class Workflow(models.Model):
+    """One enqueued workflow: its steps are ``WorkflowStep`` rows; this row is the lock every
+    hand-over of the workflow takes first (select_for_update), so its decisions are serialized."""
+
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    STATES = [(s, s.lower()) for s in (RUNNING, SUCCEEDED, FAILED, CANCELLED)]
+
+    id = models.UUIDField(primary_key=True)
+    name = models.CharField(max_length=200, blank=True)
+    state = models.CharField(max_length=16, choices=STATES, default=RUNNING)
+    shape = models.JSONField(default=dict, help_text="The workflow as written, for display.")
+    output = models.JSONField(null=True, blank=True, help_text="Which steps' results make the workflow's result.")
+    created_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    failed_step = models.CharField(max_length=100, blank=True)
+    cancelled_by = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        verbose_name = "workflow"
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["state", "-created_at"], name="task_supervisor_wf_state_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.name or 'workflow'} {self.id}"
+
+
+class WorkflowStep(models.Model):
+    """One task of a workflow, unique on (workflow, path): it moves PENDING -> ENQUEUED once, in
+    the transaction that inserts its task row, and records its outcome from that row's verdict."""
+
+    PENDING = "PENDING"
+    ENQUEUED = "ENQUEUED"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    SKIPPED = "SKIPPED"  # an error callback the workflow did not need
+    STATES = [(s, s.lower()) for s in (PENDING, ENQUEUED, SUCCEEDED, FAILED, CANCELLED, SKIPPED)]
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="steps")
+    path = models.CharField(max_length=100, help_text='Its place in the shape: "1.0.2"; "on_error".')
+    position = models.IntegerField(help_text="Order of the steps as written.")
+    task_path = models.CharField(max_length=200)
+    args = models.JSONField(default=list)
+    kwargs = models.JSONField(default=dict)
+    options = models.JSONField(default=dict, help_text="queue_name, priority, backend of the task.")
+    after = models.JSONField(default=list, help_text="Paths of the steps that must succeed first.")
+    receives = models.JSONField(null=True, blank=True, help_text="Which results it gets as first argument.")
+    state = models.CharField(max_length=16, choices=STATES, default=PENDING)
+    task_result_id = models.CharField(max_length=64, blank=True, db_index=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "workflow step"
+        ordering = ["workflow", "position"]
+        constraints = [models.UniqueConstraint(fields=["workflow", "path"], name="task_supervisor_step_once")]
+        indexes = [models.Index(fields=["state", "id"], name="task_supervisor_step_state_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.path} {self.task_path}"

@@ -47,6 +47,9 @@ def add_parsers(commands: Any) -> None:
             sub.add_argument("ids", nargs="+", metavar="ID", help="task ids")
         if name == "actions":
             sub.add_argument("--limit", type=int, default=50, metavar="N", help="the latest N actions (default 50)")
+    from task_supervisor.workflows import cli as workflows_cli
+
+    workflows_cli.add_parser(commands)
 
 
 def _fail(code: int, message: str) -> int:
@@ -226,4 +229,11 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "prune": cmd_prune,
     "actions": cmd_actions,
     "why": cmd_why,
+    "workflows": lambda args: _workflows(args),
 }
+
+
+def _workflows(args: argparse.Namespace) -> int:
+    from task_supervisor.workflows import cli as workflows_cli
+
+    return workflows_cli.cmd_workflows(args)

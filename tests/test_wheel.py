@@ -25,6 +25,7 @@ def test_wheel_installs_and_imports_in_a_clean_venv(tmp_path: Path):
     assert "task_supervisor/migrations/0001_initial.py" in names
     assert "task_supervisor/scheduler/__init__.py" in names
     assert "task_supervisor/scheduler/timing.py" in names
+    assert "task_supervisor/workflows/handover.py" in names
     assert "task_supervisor/templates/admin/task_supervisor/schedulerun/change_list.html" in names
     assert "task_supervisor/templates/admin/task_supervisor/dashboard/index.html" in names
     assert "task_supervisor/static/task_supervisor/dashboard.js" in names  # the dashboard needs no CDN

@@ -13,6 +13,7 @@ of this node's RUNNING rows and recovers those whose worker id no live child has
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import random
@@ -28,6 +29,7 @@ from task_supervisor.chores.flowcensus import FlowCensus
 from task_supervisor.chores.recovery import FailedTask, LostTask
 from task_supervisor.chores.retention import Retention
 from task_supervisor.chores.timebox import timebox
+from task_supervisor.chores.workflowsweep import WorkflowSweep
 from task_supervisor.compat import TaskBackend
 from task_supervisor.config import Config, PoolConfig
 from task_supervisor.observe.stats import Stats
@@ -94,6 +96,7 @@ class Janitor:
         self.retention = Retention(config.supervisor.node, clock, self.stats)
         self.figures = Figures(config.supervisor.node, clock)
         self.flow = FlowCensus(clock, self.stats)  # [limits]: what each key holds back
+        self.workflows = WorkflowSweep(config, clock, self.stats)  # hand-overs a child did not complete
         self.publish: Callable[[], dict[str, Any]] | None = None  # the loop's status, for the dashboard
         # the queues served, told with each heartbeat; the fleet read back with it: (node, queues)
         # of each live node, None before the first beat
@@ -134,12 +137,14 @@ class Janitor:
         self.exited[lost.worker_id] = None
         self.last_exit_at = self.clock()
         self.next_sweep = min(self.next_sweep, self.last_exit_at + SWEEP_INTERVAL)
+        self.workflows.nudge()  # it may have died between a step's verdict and its hand-over
         while len(self.exited) > EXITS_KEPT:
             del self.exited[next(iter(self.exited))]
         self.pending.append((self.backend_for(pool), lost))
 
     def task_failed(self, pool: str, failed: FailedTask) -> None:
         """A child reported a task FAILED; retry it if a policy covers it (never a cancelled one)."""
+        self.workflows.nudge()  # a workflow step's failure is judged by the sweep
         if failed.exception_path == CANCELLED:
             return
         if self.config.retry_policy(pool, failed.path) is not None:
@@ -229,6 +234,7 @@ class Janitor:
                 moments.append(max(self.retry_at, self.retention.next_due()))
             moments.append(max(self.retry_at, self.figures.next_due()))
             moments.append(max(self.retry_at, self.flow.next_due(self.config.limits)))
+            moments.append(max(self.retry_at, self.workflows.next_due()))
         return min(moments)
 
     def tick(self, now: float, live_worker_ids: set[str], pools: list[str]) -> list[tuple[str, str]]:
@@ -283,6 +289,7 @@ class Janitor:
         self.retention.tick(now, backends, self.config.retention)
         self.figures.tick(now, backends, self.config.retention)
         self.flow.tick(now, backends, self.config.limits)
+        self.workflows.tick(now, backends)
 
     def _chores_failed(self, now: float, exc: Exception) -> None:
         from django.db import connections
@@ -331,14 +338,15 @@ class Janitor:
         depth: dict[str, int] = {}
         oldest: dict[str, float] = {}
         now = timezone.now()
-        first_backend, *others = self.distinct_backends()
-        with recovery.bounded(first_backend):  # one transaction for the pauses and the first depths
+        first_backend = self.distinct_backends()[0]
+        # One transaction for the pauses and the depths (the depths' own, nested, are savepoints).
+        with recovery.bounded(first_backend) if self.heartbeats else contextlib.nullcontext():
             if self.heartbeats:
                 from task_supervisor.models import QueuePause
 
                 paused = QueuePause.objects.using(first_backend.db_alias).values_list("queue", flat=True)
                 self.stats.paused_queues = dict.fromkeys(paused, 1)
-            for backend in [first_backend, *others]:
+            for backend in self.distinct_backends():
                 for queue, count, first in recovery.ready_by_queue(backend):
                     depth[queue] = depth.get(queue, 0) + count
                     age = (now - first).total_seconds() if first else 0.0

@@ -77,6 +77,7 @@ def snapshot(sup: Supervisor, now: float, wall: float) -> dict[str, Any]:
             "wakes": dict(sup.wakeups.counts),
             "empty_claims": sum(sup.stats.empty_claims.values()),
         },
+        "workflows": dict(sup.stats.workflows),  # state -> workflows, counted by the janitor's sweep
         # [limits]: per limit, what its keys hold back (the janitor's census); claims that found
         # nothing eligible because of them
         "flow": {"limits": sup.stats.flow, "held_claims": sum(sup.stats.held_claims.values())},

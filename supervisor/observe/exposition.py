@@ -93,6 +93,12 @@ COUNTERS = (
         "empty_claims",
     ),
     (
+        "task_supervisor_workflow_sweeps",
+        "Workflow hand-overs the janitor's sweep completed (a step's failure, or a child that died first).",
+        ["outcome"],
+        "workflow_sweeps",
+    ),
+    (
         "task_supervisor_schedule_slots",
         "Scheduler slots by outcome: fired here, taken by another replica, overlap (skipped), missed.",
         ["schedule", "outcome"],
@@ -137,6 +143,12 @@ class SupervisorCollector(Collector):
         yield from _queues(stats)
         yield from _schedule_lag(stats)
         yield from _flow(stats)
+        yield _gauge(
+            "task_supervisor_workflows",
+            "Workflows by state, in the database (counted by the janitor's sweep).",
+            ["state"],
+            [([state], float(n)) for state, n in stats.workflows.items()],
+        )
         yield _gauge(
             "task_supervisor_database_up",
             "1 when the supervisor's last database work succeeded.",

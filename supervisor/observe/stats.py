@@ -47,3 +47,7 @@ class Stats:
     empty_claims: collections.Counter[str] = field(default_factory=collections.Counter)
     # queue -> 1 while paused (read with the queue depths)
     paused_queues: dict[str, int] = field(default_factory=dict)
+    # workflow state -> workflows (RUNNING, SUCCEEDED, FAILED, CANCELLED), counted by the sweep
+    workflows: dict[str, int] = field(default_factory=dict)
+    # "handed_over" -> hand-overs the janitor's sweep completed (a child's fast path had not)
+    workflow_sweeps: collections.Counter[str] = field(default_factory=collections.Counter)

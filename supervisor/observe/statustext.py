@@ -55,6 +55,8 @@ def render(snapshot: dict[str, Any]) -> str:
     lines += _flow_lines(snapshot.get("flow") or {})
     if paused := snapshot.get("paused_queues"):
         lines.append(f"paused queues: {', '.join(paused)}")
+    if workflows := snapshot.get("workflows"):
+        lines.append("workflows: " + ", ".join(f"{n} {state.lower()}" for state, n in workflows.items()))
     hung = [c["worker_id"] for pool in snapshot["pools"] for c in pool["children"] if c.get("hung")]
     if hung:
         lines.append(f"hung children being replaced: {', '.join(hung)}")

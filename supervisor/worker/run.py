@@ -101,7 +101,7 @@ def run_child(spec: ChildSpec, report_fd: int, control_fd: int) -> NoReturn:
 
 def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int:
     from task_supervisor import compat
-    from task_supervisor.worker import failures, fastpath, fence, flow, proctitle, rowguard
+    from task_supervisor.worker import failures, fastpath, fence, flow, proctitle, rowguard, steps
 
     try:
         backend = compat.resolve(spec.backend)
@@ -136,6 +136,7 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
     )
     _hook_signals(backend, reporter, spec, channel)
     failures.hook(backend, spec)  # Sentry, when the project initialised it
+    steps.hook(backend)  # workflows: hand over to the next step right after a step succeeded
     worker_module = importlib.import_module(backend.worker_command)
     channel.install(worker_module)
     if fast is not None and fast.pick.claim_as is not None:

@@ -169,6 +169,29 @@ def test_setup_b_django_52_with_the_backport_and_django_tasks_db(setup_factory, 
     assert setup.stop() == exitcodes.EX_OK
 
 
+def test_setup_b_hands_a_workflow_over_from_step_to_step(setup_factory):
+    """Workflows on the backport: a chain into a chord, results passed on (3 -> [4, 5] -> 9)."""
+    setup = setup_factory("b", PROJECT, "tsproject.settings", "sqlite")
+    (workflow,) = setup.enqueue(
+        "import json; from tsapp.tasks import add, total; "
+        "from task_supervisor.workflows import chain, chord, group, step; "
+        "h = chain(step(add, 1, 2), chord(group(step(add, 1), step(add, 2)), step(total))).enqueue(); "
+        "print(json.dumps([h.id]))"
+    )
+    setup.start()
+    read = (
+        "import json; from task_supervisor.workflows import WorkflowHandle; "
+        f"h = WorkflowHandle({workflow!r}); print(json.dumps([h.state, h.result]))"
+    )
+    assert wait_until(
+        lambda: (found := setup.enqueue(read))[0] != "RUNNING" and found,
+        90,
+        0.5,
+        message=lambda: f"the workflow to end; the log ends:\n{setup.tail()}",
+    ) == ["SUCCEEDED", 9]
+    assert setup.stop() == exitcodes.EX_OK
+
+
 @pytest.mark.parametrize("engine", ["sqlite", "postgres"])
 def test_setup_c_the_guides_greet_user_under_the_supervisor(setup_factory, engine):
     setup = setup_factory("c", GUIDE, "guide.settings", engine)

@@ -13,6 +13,7 @@ import pytest
 from task_supervisor import TaskCancelled
 from task_supervisor.chores.janitor import Janitor
 from task_supervisor.chores.recovery import FailedTask
+from task_supervisor.chores.workflowsweep import WorkflowSweep
 from task_supervisor.config import config_from_dict
 from task_supervisor.loop.child import Child, ChildState
 from task_supervisor.loop.limits import CANCEL_PATIENCE, Limits
@@ -111,6 +112,7 @@ def test_a_cancelled_task_is_never_retried():
     import collections
 
     janitor.pending = collections.deque()
+    janitor.workflows = WorkflowSweep(cfg, lambda: 0.0, Stats())  # a failure brings its sweep forward
     janitor.task_failed("default", FailedTask(WORKER, TASK, "app.tasks.long", "task_supervisor.TaskCancelled"))
     assert not janitor.pending
     janitor.task_failed("default", FailedTask(WORKER, TASK, "app.tasks.long", "builtins.ValueError"))

@@ -214,3 +214,30 @@ def unlimited(n: int, out: str = "", seconds: float = 0.0) -> int:
         _log_run(out, "unlimited", f"start {time.time():.6f} {n}\n")
     time.sleep(seconds)
     return n
+
+
+# -- workflows (tests/realproc/test_workflows.py, tests/chaos/test_workflow_kills.py) ------------
+
+
+@task()
+def total(values: list, plus: int = 0) -> int:
+    """A chord's callback: the sum of its members' results."""
+    return sum(values) + plus
+
+
+@task()
+def slow_add(a: int, b: int, seconds: float = 0.0) -> int:
+    time.sleep(seconds)
+    return a + b
+
+
+@task()
+def echo(value: object) -> object:
+    """An error callback: returns what it was told, so a test reads it from the row."""
+    return value
+
+
+@task()
+def die_after_verdict(marker: str, value: int) -> int:
+    """Succeeds; then its child dies before handing over (tsapp/apps.py's receiver)."""
+    return value
