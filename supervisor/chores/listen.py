@@ -172,6 +172,10 @@ class ReadyListener:
                     cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload])
         except Exception as exc:  # the database is in trouble: the chores say so; try again later
             log.debug("Could not send a probe: %s", one_line(exc))
+            # Counted as sent and lost: nothing proves notices arrive (the LISTEN connection may
+            # have died silently too), so children poll at their interval until a probe returns.
+            self.sent += 1
+            self.sent_at = now - PROBE_GRACE
             return True
         self.sent += 1
         self.sent_at = now

@@ -276,3 +276,13 @@ def test_a_connection_lost_while_passing_a_notice_on_leaves_the_selector():
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_probe_that_cannot_be_sent_ends_instant_pickup_at_once(monkeypatch):
+    listener = ReadyListener.__new__(ReadyListener)
+    listener.conn, listener.trigger, listener.token = object(), True, "tok"
+    listener.sent, listener.heard, listener.sent_at, listener.next_probe = 1, 1, 0.0, 0.0
+    listener.backend = type("Backend", (), {"db_alias": "nowhere"})()
+    assert listener.confirmed(5.0)
+    assert listener.probe(10.0)  # the alias does not exist: the send fails
+    assert listener.sent == 2 and not listener.confirmed(10.0)
