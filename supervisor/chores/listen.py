@@ -32,7 +32,7 @@ RECONNECT_MIN = 1.0  # seconds
 RECONNECT_MAX = 30.0
 CONNECT_DEADLINE = 2.0  # seconds opening the connection may block the loop
 FAR_FUTURE = 10 * 365 * 86400.0  # run_after beyond this is the backend's "no run_after" marker
-PROBE_EVERY = 10.0  # seconds between probes of the notices' path
+PROBE_EVERY = 30.0  # seconds between probes of the notices' path
 PROBE_GRACE = 2.0  # seconds a probe may take to come back before pickup counts as broken
 TRIGGER = "task_supervisor_notify_ready"
 

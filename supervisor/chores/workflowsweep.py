@@ -32,7 +32,7 @@ from task_supervisor.workflows import handover, plan
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 2.0  # seconds between sweeps while steps are in flight
-IDLE_INTERVAL = 10.0  # seconds between sweeps while none is: one short transaction
+IDLE_INTERVAL = 30.0  # seconds between sweeps while none is: one short transaction
 COUNT_INTERVAL = 10.0  # seconds between counts of workflows by state (a GROUP BY over all of them)
 STEPS_PER_SWEEP = 500
 WORKFLOWS_PER_SWEEP = 20
