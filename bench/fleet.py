@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--children", type=int, default=8)
     parser.add_argument("--modes", nargs="+", default=["pgbouncer", "direct"], choices=["pgbouncer", "direct"])
-    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--probe", type=int, default=100)
     parser.add_argument("--busy-rate", type=float, default=100.0)
     parser.add_argument("--busy-seconds", type=float, default=10.0)
