@@ -175,13 +175,13 @@ class Runner:
         found = schedule.next_slots(self.cursors.get(schedule.name, self.clock()), 1)
         return found[0] if found else None
 
-    def serve(self, stopping: Callable[[], bool]) -> None:
+    def serve(self, stopping: Callable[[], bool], sleep: Callable[[float], None] = time.sleep) -> None:
         while not stopping():
             self.tick()
             due = self.next_due()
             wait = MAX_SLEEP if due is None else (due - self.clock()).total_seconds()
             if wait > 0:
-                time.sleep(min(wait, MAX_SLEEP))
+                sleep(min(wait, MAX_SLEEP))
 
 
 def fire_slot(schedule: Schedule, slot: dt.datetime, node: str) -> Outcome:
@@ -320,8 +320,9 @@ def listing(runner: Runner) -> list[dict[str, Any]]:
     ]
 
 
-def serve(node: str, reporter: protocol.Reporter) -> int:
-    """Entry point inside the scheduler child, Django set up; returns the exit code."""
+def serve(node: str, reporter: protocol.Reporter, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Entry point inside the scheduler child, Django set up; returns the exit code. ``sleep`` is
+    its wait between turns: the control channel's, which answers the supervisor's pings."""
     from django.conf import settings
 
     from task_supervisor.scheduler import spec
@@ -352,5 +353,5 @@ def serve(node: str, reporter: protocol.Reporter) -> int:
         return CHILD_EXIT_BOOT_FAILED
     proctitle.set_title(f"task-supervisor: scheduler ({len(runner.schedules)} schedules)")
     reporter.send(protocol.READY, schedules=listing(runner))
-    runner.serve(lambda: stop["requested"])
+    runner.serve(lambda: stop["requested"], sleep)
     return CHILD_EXIT_OK

@@ -88,7 +88,10 @@ def run_child(spec: ChildSpec, report_fd: int, control_fd: int) -> NoReturn:
     reporter = protocol.Reporter(report_fd)
     code = CHILD_EXIT_CRASHED
     try:
-        code = _serve_scheduler(spec, reporter) if spec.role == SCHEDULER else _serve(spec, reporter, control_fd)
+        if spec.role == SCHEDULER:
+            code = _serve_scheduler(spec, reporter, control_fd)
+        else:
+            code = _serve(spec, reporter, control_fd)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
@@ -148,14 +151,16 @@ def _serve(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int
     return CHILD_EXIT_OK
 
 
-def _serve_scheduler(spec: ChildSpec, reporter: protocol.Reporter) -> int:
+def _serve_scheduler(spec: ChildSpec, reporter: protocol.Reporter, control_fd: int) -> int:
     from task_supervisor.jsonlog import setup_logging
     from task_supervisor.scheduler import runner
 
     setup_logging(spec.log_format)  # an exec'd child has no handler yet; a forked one gets the same
     worker_id = WorkerId.parse(spec.worker_id)
     assert worker_id is not None, spec.worker_id
-    return runner.serve(worker_id.node, reporter)
+    # Its waits read the control pipe, so the supervisor's pings of an idle child are answered.
+    channel = ControlChannel(control_fd, CurrentTask(), reporter)
+    return runner.serve(worker_id.node, reporter, channel.sleep)
 
 
 def _json_task_logs(backend: Any) -> None:

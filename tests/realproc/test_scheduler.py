@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -286,3 +287,16 @@ def test_the_admin_shows_each_schedule_with_its_last_and_next_run(db):
     assert "task-supervisor-schedules" in page and "Asia/Tokyo" in page and "0 3 * * *" in page
     assert "abc" in page  # the run log below
     assert "03:00:00 JST" in page  # the next run, in the schedule's own zone
+
+
+def test_an_idle_scheduler_answers_pings_and_is_never_taken_for_hung(supervisor, db):
+    # A daily schedule: the scheduler child sleeps between turns, as in the demo.
+    sup = supervisor(
+        config_toml(ONE_POOL, extra='hung_after = "1s"'),
+        **periodic(nightly={"task": "tsapp.tasks.noop", "cron": "0 3 * * *"}),
+    )
+    first = scheduler_child(sup)
+    wait_until(lambda: (sup.status().get("scheduler") or {}).get("state") == "idle", 20, 0.2, sup.tail)
+    time.sleep(6.0)  # three pings at least (one every 2 s), each due an answer within 1 s
+    assert not sup.has_event(events.CHILD_HUNG), sup.tail()
+    assert scheduler_child(sup).pid == first.pid
