@@ -48,28 +48,6 @@ DBNAME = "ts_fleet"
 READY_TIMEOUT = 180.0  # seconds for the whole fleet to come up and know itself
 PROBE_GAP = 0.1  # seconds between the idle probe's tasks: the fleet is idle again for each
 
-NODE_CONFIG = """\
-[django]
-settings = "benchproject.settings"
-pythonpath = [{project}]
-
-[supervisor]
-node = "{node}"
-http = ""
-control_socket = {socket}
-graceful_timeout = "10s"
-{listen}
-
-[pools.default]
-queues = ["default"]
-processes = {children}
-interval = "1s"
-
-[scheduler]
-enabled = false
-"""
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -235,16 +213,17 @@ class Fleet:
         for node in self.nodes:
             config = self.workspace / f"{node}.toml"
             config.write_text(
-                NODE_CONFIG.format(
+                harness.CONFIG.format(  # the benchmark's supervisor, with its LISTEN direct if asked
                     project=json.dumps(str(PROJECT)),
                     node=node,
                     socket=json.dumps(str(self.socket(node))),
-                    listen=self.listen,
-                    children=self.children,
+                    processes=self.children,
+                    start="fork",
+                    extra=self.listen,
                 )
             )
-            script = shutil.which("task-supervisor", path=str(Path(sys.executable).parent)) or "task-supervisor"
             log = self.workspace / f"{node}.log"
+            script = harness.console_script()
             self.procs.append(harness.spawn([script, "run", "-c", str(config)], self.env, log))
         return self
 

@@ -215,6 +215,7 @@ node = "{node}"
 http = "127.0.0.1:0"
 control_socket = {socket}
 graceful_timeout = "10s"
+{extra}
 
 [pools.default]
 queues = ["default"]
@@ -245,9 +246,10 @@ class Supervised(Workers):
                 socket=json.dumps(str(self.workspace / f"{self.name}.sock")),
                 processes=self.processes,
                 start=self.start_method,
+                extra="",
             )
         )
-        self.procs.append(spawn([_console_script(), "run", "-c", str(self.config)], self.db.worker_env(), self.log()))
+        self.procs.append(spawn([console_script(), "run", "-c", str(self.config)], self.db.worker_env(), self.log()))
 
     def main_pid(self) -> int | None:
         return self.procs[0].pid if self.procs else None
@@ -255,7 +257,7 @@ class Supervised(Workers):
     def status(self) -> dict[str, Any]:
         """`task-supervisor status --json`: the supervisor's own view of its children."""
         done = subprocess.run(
-            [_console_script(), "status", "-c", str(self.config), "--json"],
+            [console_script(), "status", "-c", str(self.config), "--json"],
             capture_output=True,
             text=True,
             timeout=10,
@@ -293,7 +295,7 @@ class Supervised(Workers):
             time.sleep(0.1)
 
 
-def _console_script() -> str:
+def console_script() -> str:
     script = Path(sys.executable).with_name("task-supervisor")
     if not script.exists():
         raise BenchError(f"{script} is missing; install the package into this environment (make bench does).")

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from task_supervisor import events
+from task_supervisor.workflows.handover import SUCCESS
 
 log = logging.getLogger("task_supervisor.worker")
 
 CHECK_EVERY = 2.0  # seconds between looks for RUNNING workflows; none -> no per-task lookup
 UNCHECKED_MAX = 1000  # task ids kept while no workflow was RUNNING at the last look
-SUCCESS = ("SUCCESSFUL", "SUCCEEDED", "COMPLETE")
 
 
 class StepHandOver:
